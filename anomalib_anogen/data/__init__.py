@@ -1,0 +1,1 @@
+"""Data helpers of anomalib-anogen: synthetic-anomaly sources and the demo dataset."""

@@ -1,0 +1,179 @@
+"""End-to-end demo on 2 CPU cores, offline: train DraemWeak, test, export to OpenVINO, predict.
+
+Data: the real MVTec AD bottle category from ``../shared/data/MVTecAD`` when it is there,
+otherwise a small MVTec-layout dataset that ``anomalib_anogen.data.toy`` makes. DTD textures
+come from ``../shared/data/dtd/images`` when present (Perlin noise alone otherwise).
+Run ``python -m anomalib_anogen.demo --help`` for the knobs.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SHARED = Path("../shared/data")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the demo."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("runs/demo"), help="where results go (default runs/demo)")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="folder holding MVTecAD/ and dtd/")
+    parser.add_argument("--image_size", type=int, default=128, help="training and export resolution")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--reconstructive_width", type=int, default=32, help="DRAEM: 128; smaller runs on CPU")
+    parser.add_argument("--discriminative_width", type=int, default=16, help="DRAEM: 64")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="DRAEM: 1e-4 over 700 epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def pick_data(shared: Path, output: Path) -> tuple[Path, str, Path | None]:
+    """Return (MVTec root, category, DTD folder or None), making toy data when the real data is absent."""
+    bottle = shared / "MVTecAD" / "bottle"
+    dtd = shared / "dtd" / "images"
+    if (bottle / "train" / "good").is_dir():
+        print(f"data: real MVTec AD bottle from {bottle}")
+        return shared / "MVTecAD", "bottle", dtd if dtd.is_dir() else None
+    from anomalib_anogen.data.toy import make_toy_category
+
+    root = output / "toy_data"
+    if not (root / "toy_bottle").is_dir():
+        make_toy_category(root, size=128, n_train=48, n_test_good=8, n_test_per_defect=6)
+    print(f"data: {bottle} not found, using the generated toy category in {root / 'toy_bottle'}")
+    return root, "toy_bottle", dtd if dtd.is_dir() else None
+
+
+def write_prediction_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]], path: Path) -> None:
+    """Save image | anomaly map overlay | ground truth rows as one PNG."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for image, anomaly_map, gt_mask, title in rows:
+        side = image.shape[0]
+        heat = (colormaps["jet"](np.clip(anomaly_map, 0, 1))[..., :3] * 255).astype(np.uint8)
+        heat = np.asarray(Image.fromarray(heat).resize((side, side)))
+        overlay = (0.5 * image + 0.5 * heat).astype(np.uint8)
+        gt = np.zeros_like(image) if gt_mask is None else np.repeat(gt_mask[..., None] * 255, 3, axis=2)
+        gt = np.asarray(Image.fromarray(gt.astype(np.uint8)).resize((side, side)))
+        row = Image.fromarray(np.concatenate([image, overlay, gt], axis=1))
+        ImageDraw.Draw(row).text((4, 4), title, fill=(255, 255, 0))
+        tiles.append(row)
+    sheet = Image.new("RGB", (tiles[0].width, sum(tile.height for tile in tiles)))
+    offset = 0
+    for tile in tiles:
+        sheet.paste(tile, (0, offset))
+        offset += tile.height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the process exit code."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    logging.getLogger("anomalib").setLevel(logging.WARNING)
+
+    import torch
+    from anomalib.data import MVTecAD
+    from anomalib.deploy import ExportType, OpenVINOInferencer
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+    from PIL import Image
+
+    from anomalib_anogen.models import DraemWeak
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seed_everything(args.seed, workers=True)
+    output = args.output.resolve()
+    root, category, dtd_dir = pick_data(args.shared, output)
+    print(f"anomaly source: {'DTD textures from ' + str(dtd_dir) if dtd_dir else 'Perlin noise alone'}")
+
+    size = (args.image_size, args.image_size)
+    datamodule = MVTecAD(
+        root=root,
+        category=category,
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=2,
+        seed=args.seed,
+    )
+    model = DraemWeak(
+        dtd_dir=dtd_dir,
+        reconstructive_width=args.reconstructive_width,
+        discriminative_width=args.discriminative_width,
+        learning_rate=args.learning_rate,
+        pre_processor=DraemWeak.configure_pre_processor(size),
+    )
+    engine = Engine(
+        default_root_dir=output,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        check_val_every_n_epoch=args.epochs,
+        enable_checkpointing=True,
+    )
+    print(f"[1/4] training DraemWeak for {args.epochs} epochs at {args.image_size} px on {category}")
+    engine.fit(model=model, datamodule=datamodule)
+
+    print("[2/4] testing")
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    print("test metrics:")
+    for name in sorted(metrics):
+        print(f"  {name:<16} {metrics[name]:.4f}")
+
+    print("[3/4] exporting to OpenVINO (FP32)")
+    xml_path = Path(
+        engine.export(model=model, export_type=ExportType.OPENVINO, export_root=output / "export", input_size=size),
+    )
+    print(f"  {xml_path}")
+
+    print("[4/4] OpenVINO inference on the test images")
+    inferencer = OpenVINOInferencer(path=xml_path, device="CPU")
+    test_images = sorted(path for path in (root / category / "test").rglob("*.png"))
+    model.eval()
+    max_difference = 0.0
+    rows = []
+    chosen = {path.parent.name: path for path in test_images}  # one image of every type
+    for path in test_images:
+        image = np.asarray(Image.open(path).convert("RGB").resize(size, Image.BILINEAR))
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
+        ov_prediction = inferencer.predict(tensor)
+        with torch.no_grad():
+            torch_prediction = model(tensor)
+        ov_map = np.asarray(ov_prediction.anomaly_map).squeeze()
+        torch_map = torch_prediction.anomaly_map.squeeze().numpy()
+        max_difference = max(max_difference, float(np.abs(ov_map - torch_map).max()))
+        if chosen.get(path.parent.name) == path:
+            mask_path = root / category / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+            gt_mask = np.asarray(Image.open(mask_path).convert("L")) > 127 if mask_path.exists() else None
+            score = float(np.asarray(ov_prediction.pred_score).squeeze())
+            rows.append((image, ov_map, gt_mask, f"{path.parent.name} score={score:.2f}"))
+    sheet_path = output / "predictions.png"
+    write_prediction_sheet(rows, sheet_path)
+    print(f"  {len(test_images)} images; max |OpenVINO - torch| anomaly map difference: {max_difference:.2e}")
+    print(f"  prediction sheet: {sheet_path}")
+
+    summary = {
+        "data": str(root / category),
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "metrics": {name: float(value) for name, value in metrics.items()},
+        "openvino_model": str(xml_path),
+        "openvino_torch_max_abs_difference": max_difference,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    (output / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"done in {summary['wall_time_s']} s; summary in {output / 'demo_summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

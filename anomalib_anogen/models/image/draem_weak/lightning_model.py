@@ -1,0 +1,136 @@
+"""DraemWeak: DRAEM trained with AnoGen's weakly-supervised segmentation loss.
+
+Gui, Gao et al., "Few-Shot Anomaly-Driven Generation for Anomaly Classification and
+Segmentation", ECCV 2024. DRAEM (Zavrtanik et al., ICCV 2021) learns from synthetic anomalies
+with exact masks; AnoGen adds generated anomalies whose mask is only a box. ``DraemWeak`` keeps
+anomalib's DRAEM network, optimiser, pre-processing and inference, and swaps the loss for
+``DraemWeakLoss``, which handles both kinds of mask in the same batch.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.models.image.draem import Draem
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+
+from anomalib_anogen.data.synthetic import SyntheticBatch, resolve_dtd_dir
+from anomalib_anogen.metrics import anogen_evaluator
+
+from .loss import DraemWeakLoss, WeakScope
+from .torch_model import DEFAULT_DISCRIMINATIVE_WIDTH, DEFAULT_RECONSTRUCTIVE_WIDTH, DraemWeakModel
+
+__all__ = ["DraemWeak"]
+
+
+class DraemWeak(AnomalibModule):
+    """DRAEM with AnoGen's weak (box-level) supervision.
+
+    Args:
+        dtd_dir: Folder of texture images used as Perlin anomaly source (e.g.
+            ``../shared/data/dtd/images``). ``None`` (default): Perlin noise alone. A missing
+            folder is an error; nothing is ever downloaded.
+        p_cutoff: In-box pixels of a box-masked sample whose predicted anomaly probability
+            (detached) is below this get no segmentation loss. Must lie in [0, 1).
+        weak_scope: ``"box"`` applies the rule to box-masked samples only; ``"all"`` to every
+            sample, as the authors' released code does.
+        beta: Blend factor of Perlin anomalies, a number or a ``(low, high)`` range.
+        anomaly_probability: Share of training images that get a Perlin anomaly.
+        reconstructive_width: Base width of the reconstructive sub-network (DRAEM: 128).
+        discriminative_width: Base width of the discriminative sub-network (DRAEM: 64).
+        learning_rate: Adam learning rate (DRAEM: 1e-4).
+        pre_processor: Pre-processor instance or flag to use the default (resize to 256, no normalisation).
+        post_processor: Post-processor instance or flag to use the default.
+        evaluator: Evaluator instance or flag to use the default.
+        visualizer: Visualizer instance or flag to use the default.
+    """
+
+    def __init__(
+        self,
+        dtd_dir: Path | str | None = None,
+        p_cutoff: float = 0.1,
+        weak_scope: WeakScope = "box",
+        beta: float | tuple[float, float] = (0.1, 1.0),
+        anomaly_probability: float = 0.5,
+        reconstructive_width: int = DEFAULT_RECONSTRUCTIVE_WIDTH,
+        discriminative_width: int = DEFAULT_DISCRIMINATIVE_WIDTH,
+        learning_rate: float = 1e-4,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        # Validate before the (large) networks are built, so bad input fails fast.
+        weak_loss = DraemWeakLoss(p_cutoff=p_cutoff, weak_scope=weak_scope)
+        anomaly_source = resolve_dtd_dir(dtd_dir, "dtd_dir")
+        if not 0.0 <= anomaly_probability <= 1.0:
+            msg = f"anomaly_probability must lie in [0, 1], got {anomaly_probability!r}."
+            raise ValueError(msg)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        # Configs give ranges as lists; anomalib's generator only samples from a tuple.
+        blend_factor = tuple(float(value) for value in beta) if isinstance(beta, list | tuple) else float(beta)
+        self.augmenter = PerlinAnomalyGenerator(
+            anomaly_source_path=anomaly_source,
+            probability=anomaly_probability,
+            blend_factor=blend_factor,
+        )
+        self.model = DraemWeakModel(
+            reconstructive_width=reconstructive_width,
+            discriminative_width=discriminative_width,
+        )
+        self.loss = weak_loss
+        self.learning_rate = learning_rate
+
+    def synthesize(self, images: torch.Tensor) -> SyntheticBatch:
+        """Put synthetic anomalies into a batch of normal images (Perlin/DTD: exact masks)."""
+        augmented, mask = self.augmenter(images)
+        is_box = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=images)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Synthesize anomalies, reconstruct and segment, and apply the weak loss."""
+        del args, kwargs
+        synthetic = self.synthesize(batch.image)
+        reconstruction, prediction = self.model(synthetic.image)
+        loss = self.loss(synthetic.target, reconstruction, synthetic.mask, prediction, synthetic.is_box)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        """Adam with DRAEM's step schedule (x0.1 at epochs 400 and 600, as anomalib's ``Draem``)."""
+        optimizer = torch.optim.Adam(params=self.model.parameters(), lr=self.learning_rate)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[400, 600], gamma=0.1)
+        return [optimizer], [scheduler]
+
+    # Inference, pre-processing and trainer settings are DRAEM's own.
+    validation_step = Draem.validation_step
+    on_train_start = Draem.on_train_start
+    trainer_arguments = Draem.trainer_arguments
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trains on normal images only, anomalies are synthesized."""
+        return LearningType.ONE_CLASS
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image and pixel AUROC, AP and F1, plus pixel AUPRO: the metrics AnoGen reports."""
+        return anogen_evaluator()
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """DRAEM's pre-processor: resize (default 256x256), no ImageNet normalisation."""
+        return Draem.configure_pre_processor(image_size)

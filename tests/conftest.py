@@ -1,0 +1,47 @@
+"""Shared fixtures: the real data beside the checkout, and small data the tests make themselves."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+BOTTLE = SHARED / "MVTecAD" / "bottle"
+DTD = SHARED / "dtd" / "images"
+
+# Lightning and anomalib write next to the working directory unless told otherwise.
+os.environ.setdefault("ANOMALIB_LOG_LEVEL", "WARNING")
+
+
+def needs_shared_bottle() -> pytest.MarkDecorator:
+    """Skip (with the reason) when ../shared/data/MVTecAD/bottle is not beside the checkout."""
+    return pytest.mark.skipif(
+        not (BOTTLE / "train" / "good").is_dir(),
+        reason=f"real MVTec AD bottle not found at {BOTTLE} (../shared/data beside the checkout)",
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MVTec-layout category ``toy_bottle`` (48 px) under the returned root."""
+    from anomalib_anogen.data.toy import make_toy_category
+
+    root = tmp_path_factory.mktemp("toy_mvtec")
+    make_toy_category(root, size=48, n_train=8, n_test_good=3, n_test_per_defect=2)
+    return root
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a console script of the test environment (``anomalib``, ...) in a fresh process."""
+    executable = Path(sys.executable).with_name(args[0])
+    return subprocess.run(
+        [str(executable), *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

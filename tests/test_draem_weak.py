@@ -1,0 +1,114 @@
+"""DraemWeak as an anomalib model: construction, bad input, and training on real bottle images."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.models.image.draem.torch_model import DraemModel
+
+from anomalib_anogen.models import DraemWeak
+from anomalib_anogen.models.image.draem_weak import DraemWeakModel
+
+from .conftest import BOTTLE, DTD, needs_shared_bottle
+
+
+def test_default_widths_are_draems() -> None:
+    ours = DraemWeakModel()
+    theirs = DraemModel()
+    assert [(name, p.shape) for name, p in ours.named_parameters()] == [
+        (name, p.shape) for name, p in theirs.named_parameters()
+    ]
+
+
+def test_small_widths_shrink_the_network_and_keep_inference_contract() -> None:
+    model = DraemWeak(reconstructive_width=8, discriminative_width=4)
+    assert sum(p.numel() for p in model.model.parameters()) < 500_000
+    model.model.eval()
+    with torch.no_grad():
+        output = model.model(torch.rand(2, 3, 32, 32))
+    assert output.anomaly_map.shape == (2, 32, 32)
+    assert output.pred_score.shape == (2,)
+    assert torch.all((output.anomaly_map >= 0) & (output.anomaly_map <= 1))
+
+
+@pytest.mark.parametrize("p_cutoff", [-0.5, 1.0, 2])
+def test_p_cutoff_outside_unit_interval_is_rejected(p_cutoff: float) -> None:
+    with pytest.raises(ValueError, match="p_cutoff"):
+        DraemWeak(p_cutoff=p_cutoff, reconstructive_width=8, discriminative_width=4)
+
+
+def test_missing_dtd_dir_names_the_argument_and_never_downloads(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_dtd"
+    with pytest.raises(ValueError, match=r"dtd_dir: folder .*no_such_dtd.* does not exist.*never downloads"):
+        DraemWeak(dtd_dir=missing)
+    assert not missing.exists()
+
+
+def test_dtd_dir_without_images_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no textures here")
+    with pytest.raises(ValueError, match="holds no images"):
+        DraemWeak(dtd_dir=tmp_path)
+
+
+def test_bad_widths_are_rejected() -> None:
+    with pytest.raises(ValueError, match="reconstructive_width must be a positive integer"):
+        DraemWeak(reconstructive_width=0)
+
+
+def test_dtd_textures_are_used_as_anomaly_source(toy_root: Path) -> None:
+    textures = toy_root / "toy_bottle" / "train" / "good"
+    model = DraemWeak(dtd_dir=textures, reconstructive_width=8, discriminative_width=4)
+    assert len(model.augmenter.anomaly_source_paths) == 8
+
+
+def test_config_lists_become_a_blend_range() -> None:
+    model = DraemWeak(beta=[0.2, 0.4], reconstructive_width=8, discriminative_width=4)
+    assert model.augmenter.blend_factor == (0.2, 0.4)
+
+
+def test_perlin_samples_are_exact_masks() -> None:
+    model = DraemWeak(anomaly_probability=1.0, reconstructive_width=8, discriminative_width=4)
+    images = torch.rand(4, 3, 32, 32)
+    synthetic = model.synthesize(images)
+    assert synthetic.image.shape == images.shape
+    assert synthetic.mask.shape == (4, 1, 32, 32)
+    assert not synthetic.is_box.any()
+    assert synthetic.target is images
+    assert synthetic.mask.sum() > 0
+
+
+@needs_shared_bottle()
+def test_trains_a_few_steps_on_real_bottle_images(tmp_path: Path) -> None:
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(0)
+    model = DraemWeak(
+        dtd_dir=DTD if DTD.is_dir() else None,
+        anomaly_probability=1.0,
+        reconstructive_width=8,
+        discriminative_width=4,
+        learning_rate=1e-3,
+        pre_processor=DraemWeak.configure_pre_processor((48, 48)),
+        visualizer=False,
+    )
+    datamodule = MVTecAD(root=BOTTLE.parent, category="bottle", train_batch_size=4, eval_batch_size=8, num_workers=0)
+    before = {name: p.detach().clone() for name, p in model.model.named_parameters()}
+    engine = Engine(
+        default_root_dir=tmp_path,
+        max_steps=6,
+        limit_val_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    assert engine.trainer.global_step == 6
+    assert torch.isfinite(engine.trainer.callback_metrics["train_loss_step"])
+    changed = [name for name, p in model.model.named_parameters() if not torch.equal(before[name], p)]
+    assert len(changed) == len(before)
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    for name in ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPR", "pixel_AUPRO"):
+        assert 0.0 <= metrics[name] <= 1.0, name
