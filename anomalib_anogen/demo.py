@@ -131,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print("[3/4] exporting to OpenVINO (FP32)")
     xml_path = Path(
-        engine.export(model=model, export_type=ExportType.OPENVINO, export_root=output / "export", input_size=size),
+        engine.export(
+            model=model,
+            export_type=ExportType.OPENVINO,
+            export_root=output / "export",
+            input_size=size,
+            onnx_kwargs={"opset_version": 18},  # torch's ONNX exporter starts at 18; 14 only adds a failed down-convert
+        ),
     )
     print(f"  {xml_path}")
 
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     chosen = {path.parent.name: path for path in test_images}  # one image of every type
     for path in test_images:
-        image = np.asarray(Image.open(path).convert("RGB").resize(size, Image.BILINEAR))
+        image = np.array(Image.open(path).convert("RGB").resize(size, Image.BILINEAR))
         tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
         ov_prediction = inferencer.predict(tensor)
         with torch.no_grad():

@@ -50,6 +50,12 @@ def test_dtd_dir_without_images_is_rejected(tmp_path: Path) -> None:
         DraemWeak(dtd_dir=tmp_path)
 
 
+def test_input_size_not_a_multiple_of_32_is_a_clear_error() -> None:
+    model = DraemWeak(reconstructive_width=8, discriminative_width=4)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        model.synthesize(torch.rand(1, 3, 48, 48))
+
+
 def test_bad_widths_are_rejected() -> None:
     with pytest.raises(ValueError, match="reconstructive_width must be a positive integer"):
         DraemWeak(reconstructive_width=0)
@@ -90,7 +96,7 @@ def test_trains_a_few_steps_on_real_bottle_images(tmp_path: Path) -> None:
         reconstructive_width=8,
         discriminative_width=4,
         learning_rate=1e-3,
-        pre_processor=DraemWeak.configure_pre_processor((48, 48)),
+        pre_processor=DraemWeak.configure_pre_processor((64, 64)),
         visualizer=False,
     )
     datamodule = MVTecAD(root=BOTTLE.parent, category="bottle", train_batch_size=4, eval_batch_size=8, num_workers=0)
@@ -101,7 +107,6 @@ def test_trains_a_few_steps_on_real_bottle_images(tmp_path: Path) -> None:
         limit_val_batches=2,
         accelerator="cpu",
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
     )
     engine.fit(model=model, datamodule=datamodule)

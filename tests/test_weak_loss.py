@@ -3,6 +3,7 @@
 import pytest
 import torch
 from anomalib.models.image.draem.loss import DraemLoss
+from kornia.losses import FocalLoss, focal_loss
 
 from anomalib_anogen.models.image.draem_weak import DraemWeakLoss, weak_pixel_weights
 
@@ -75,22 +76,29 @@ def test_mixed_batch_applies_rule_per_sample() -> None:
     assert weights[1].sum() == 64
 
 
-def test_equals_draem_loss_for_exact_masks() -> None:
+def test_equals_draem_loss_with_both_classes_weighted_for_exact_masks() -> None:
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(3, 3, 32, 32, generator=generator)
     reconstruction = torch.rand(3, 3, 32, 32, generator=generator)
     prediction = torch.randn(3, 2, 32, 32, generator=generator)
     mask = (torch.rand(3, 1, 32, 32, generator=generator) > 0.7).float()
     weak = DraemWeakLoss()(image, reconstruction, mask, prediction, torch.zeros(3, dtype=torch.bool))
-    plain = DraemLoss()(image, reconstruction, mask, prediction)
-    torch.testing.assert_close(weak, plain)
+    plain = DraemLoss()
+    plain.focal_loss = FocalLoss(alpha=None, gamma=2.0, reduction="mean")  # DRAEM's original, unweighted focal
+    torch.testing.assert_close(weak, plain(image, reconstruction, mask, prediction))
+
+
+def test_normal_pixels_get_loss_unlike_anomalibs_alpha_one() -> None:
+    """Anomalib's DraemLoss (kornia alpha=1) gives normal pixels zero loss; the weak rule needs it."""
+    prediction = logits_for_probability(torch.full((1, 4, 4), 0.9))
+    mask = torch.zeros(1, 1, 4, 4)
+    assert DraemLoss().focal_loss(prediction, mask[:, 0].long()) == 0
+    assert DraemWeakLoss().segmentation_loss(prediction, mask, torch.tensor([True])) > 0.1
 
 
 def test_box_loss_is_mean_over_counted_pixels(box_case: tuple[torch.Tensor, torch.Tensor]) -> None:
     prediction, mask = box_case
-    from kornia.losses import focal_loss
-
-    per_pixel = focal_loss(prediction, mask[:, 0].long(), alpha=1.0, gamma=2.0, reduction="none").sum(dim=1)
+    per_pixel = focal_loss(prediction, mask[:, 0].long(), alpha=None, gamma=2.0, reduction="none").sum(dim=1)
     keep = torch.ones_like(per_pixel)
     keep[0, 0, 0] = keep[0, 0, 1] = 0
     expected = (per_pixel * keep).sum() / (keep.sum() * 2)

@@ -96,6 +96,13 @@ class DraemWeak(AnomalibModule):
 
     def synthesize(self, images: torch.Tensor) -> SyntheticBatch:
         """Put synthetic anomalies into a batch of normal images (Perlin/DTD: exact masks)."""
+        height, width = images.shape[-2:]
+        if height % 32 or width % 32:
+            msg = (
+                f"DraemWeak needs an input size that is a multiple of 32 (its U-Nets halve it 5 times), got "
+                f"{height}x{width}. Set the pre-processor's size, e.g. DraemWeak.configure_pre_processor((256, 256))."
+            )
+            raise ValueError(msg)
         augmented, mask = self.augmenter(images)
         is_box = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=images)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 from anomalib.models.image.draem.loss import DraemLoss
-from kornia.losses import focal_loss
+from kornia.losses import FocalLoss, focal_loss
 
 WeakScope = Literal["box", "all"]
 
@@ -56,26 +56,56 @@ def weak_pixel_weights(
     Returns:
         Weights ``(B, H, W)`` in {0, 1}, without gradient.
     """
-    mask = anomaly_mask.reshape(prediction.shape[0], *prediction.shape[-2:]) > 0.5
     with torch.no_grad():
         anomaly_probability = torch.softmax(prediction.detach().float(), dim=1)[:, 1]
-    dropped = mask & (anomaly_probability < p_cutoff)
+    weights = weak_weights_from_probability(anomaly_probability, anomaly_mask, is_box, p_cutoff, weak_scope)
+    return weights.to(prediction.dtype)
+
+
+def weak_weights_from_probability(
+    anomaly_probability: torch.Tensor,
+    anomaly_mask: torch.Tensor,
+    is_box: torch.Tensor,
+    p_cutoff: float,
+    weak_scope: WeakScope = "box",
+) -> torch.Tensor:
+    """The weak rule for models that predict one anomaly probability per pixel (sigmoid heads, e.g. DeSTSeg).
+
+    Args:
+        anomaly_probability: ``(B, H, W)`` or ``(B, 1, H, W)`` probabilities in [0, 1]; detached here.
+        anomaly_mask: Target mask of the same spatial size, 1 inside the anomaly (or box).
+        is_box: ``(B,)`` bool, True where the mask is a box of a generated anomaly.
+        p_cutoff: In-box pixels with anomaly probability below this get weight 0.
+        weak_scope: ``"box"`` applies the rule to box-masked samples only, ``"all"`` to every sample.
+
+    Returns:
+        Weights ``(B, H, W)`` in {0, 1} (dtype of ``anomaly_probability``), without gradient.
+    """
+    batch_size, height, width = anomaly_probability.shape[0], *anomaly_probability.shape[-2:]
+    probability = anomaly_probability.detach().reshape(batch_size, height, width)
+    mask = anomaly_mask.reshape(batch_size, height, width) > 0.5
+    dropped = mask & (probability < p_cutoff)
     if weak_scope == "box":
         dropped &= is_box.to(device=mask.device, dtype=torch.bool).view(-1, 1, 1)
-    return (~dropped).to(prediction.dtype)
+    return (~dropped).to(probability.dtype)
 
 
 class DraemWeakLoss(DraemLoss):
     """DRAEM's L2 + 2·SSIM + focal loss, with AnoGen's weak rule on the focal term.
 
-    Reuses ``DraemLoss``'s L2, SSIM and focal-loss settings; only the focal term is computed
-    per pixel so that dropped pixels can be left out. The focal loss is averaged over the
-    pixels that count, the same way an ``ignore_index`` averages, so that a batch of exact
-    masks gives exactly ``DraemLoss``.
+    Reuses ``DraemLoss``'s L2 and SSIM terms and its focal gamma; the focal term is computed
+    per pixel so that dropped pixels can be left out, and averaged over the pixels that count
+    (as an ``ignore_index`` averages), so a batch of exact masks gives DRAEM's plain loss.
+    One deliberate difference from anomalib's ``DraemLoss``: the focal loss weights the normal
+    class too (see ``__init__``), as DRAEM's original code does.
     """
 
     def __init__(self, p_cutoff: float = 0.1, weak_scope: WeakScope = "box") -> None:
         super().__init__()
+        # anomalib's DraemLoss passes alpha=1, which kornia reads as class weights [1 - alpha, alpha] = [0, 1]:
+        # normal pixels would get no loss at all, and "outside the box is normal" could never be learned.
+        # DRAEM's original focal loss weights both classes equally, which is alpha=None in kornia.
+        self.focal_loss = FocalLoss(alpha=None, gamma=self.focal_loss.gamma, reduction="mean")
         self.p_cutoff = validate_p_cutoff(p_cutoff)
         self.weak_scope = validate_weak_scope(weak_scope)
 
