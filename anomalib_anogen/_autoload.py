@@ -4,13 +4,15 @@ jsonargparse resolves ``--model DraemWeak`` only for ``AnomalibModule`` subclass
 already imported when anomalib's CLI parses its arguments, and anomalib has no plugin entry
 point. The installed ``anomalib_anogen_autoload.pth`` imports this module at interpreter
 start; it adds one meta-path finder and nothing else, so processes that never import
-anomalib pay only for this small file. The finder fires once, when ``anomalib.cli.cli`` is
-imported, and imports ``anomalib_anogen.models`` right after that module has executed.
+anomalib pay only for this small file. The finder fires once, when the ``anomalib.cli`` package
+is imported (by the ``anomalib`` console script, ``python -m anomalib.cli.cli`` or
+``from anomalib.cli import AnomalibCLI``), and imports ``anomalib_anogen.models`` right after
+that package has executed.
 """
 
 import sys
 
-TRIGGER_MODULE = "anomalib.cli.cli"
+TRIGGER_MODULE = "anomalib.cli"
 PLUGIN_MODULE = "anomalib_anogen.models"
 
 
@@ -42,7 +44,7 @@ class _ImportPluginAfterLoader:
 
 
 class AnomalibCliFinder:
-    """Meta-path finder that wraps the loader of ``anomalib.cli.cli``; inert for every other module."""
+    """Meta-path finder that wraps the loader of ``anomalib.cli``; inert for every other module."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
         if fullname != TRIGGER_MODULE:
@@ -60,7 +62,7 @@ class AnomalibCliFinder:
 
 def install() -> None:
     """Add the finder once, also when this module is imported again."""
-    if not any(isinstance(finder, AnomalibCliFinder) for finder in sys.meta_path):
+    if not any(type(finder).__name__ == AnomalibCliFinder.__name__ for finder in sys.meta_path):
         sys.meta_path.insert(0, AnomalibCliFinder())
 
 
