@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 BOTTLE = SHARED / "MVTecAD" / "bottle"
 DTD = SHARED / "dtd" / "images"
+SUPPORT_BOTTLE = SHARED / "support" / "bottle"
+RELEASED_EMBEDDINGS = SHARED / "anogen_reference" / "released_embeddings"
 
 # Lightning and anomalib write next to the working directory unless told otherwise.
 os.environ.setdefault("ANOMALIB_LOG_LEVEL", "WARNING")
@@ -21,6 +23,22 @@ def needs_shared_bottle() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not (BOTTLE / "train" / "good").is_dir(),
         reason=f"real MVTec AD bottle not found at {BOTTLE} (../shared/data beside the checkout)",
+    )
+
+
+def needs_shared_support() -> pytest.MarkDecorator:
+    """Skip (with the reason) when the 3-shot bottle support set is not in ../shared/data/support/bottle."""
+    return pytest.mark.skipif(
+        not (SUPPORT_BOTTLE / "broken_large").is_dir(),
+        reason=f"bottle support set not found at {SUPPORT_BOTTLE} (../shared/data beside the checkout)",
+    )
+
+
+def needs_released_embeddings() -> pytest.MarkDecorator:
+    """Skip (with the reason) when the authors' released embeddings are not in ../shared/data."""
+    return pytest.mark.skipif(
+        not (RELEASED_EMBEDDINGS / "bottle_broken_large.pt").is_file(),
+        reason=f"released AnoGen embeddings not found at {RELEASED_EMBEDDINGS} (../shared/data beside the checkout)",
     )
 
 

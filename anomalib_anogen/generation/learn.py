@@ -1,0 +1,304 @@
+"""``anogen learn`` and ``anogen import-embedding`` as functions: validate everything, then learn or convert.
+
+Several defect types are spread over several GPUs with Lightning Fabric, one defect per device at a time
+(``defects[rank::world_size]``); each rank learns on its own, no gradient is synchronised. On a CPU (or one
+GPU) the defects are learned one after the other in this process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from anomalib_anogen import __version__
+from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.support import LoadedPair, SupportSet, discover_support, load_support, sha256_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKEN = "<anogen-{defect}>"
+
+
+def token_for(template: str, defect: str) -> str:
+    """The placeholder token of ``defect`` (``{defect}`` in the template is replaced)."""
+    return template.replace("{defect}", defect)
+
+
+def _support_record(support: SupportSet, pairs: list[LoadedPair]) -> dict[str, Any]:
+    root = support.root.resolve()
+
+    def rel(path: Path) -> str:
+        resolved = path.resolve()
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+    record: dict[str, Any] = {
+        "root": str(root),
+        "layout": support.layout,
+        "files": [
+            {
+                "image": rel(p.pair.image),
+                "image_sha256": sha256_file(p.pair.image),
+                "mask": rel(p.pair.mask),
+                "mask_sha256": sha256_file(p.pair.mask),
+                "size": [p.image.width, p.image.height],
+                "mask_resized": p.mask_resized,
+            }
+            for p in pairs
+        ],
+    }
+    if support.shots is not None:
+        defect = pairs[0].pair.defect
+        record.update(
+            shots=support.shots,
+            selection_seed=support.selection_seed,
+            available=support.available.get(defect),
+            selected=[rel(p.pair.image) for p in pairs],
+        )
+    return record
+
+
+def _plan_devices(accelerator: str, devices: int | str, defects: int) -> tuple[str, int]:
+    """Accelerator and device count: several GPUs only when there are several defects to spread."""
+    import torch
+
+    if accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available():
+        available = torch.cuda.device_count()
+        wanted = available if devices == "auto" else int(devices)
+        return "cuda", max(1, min(wanted, available, defects))
+    if accelerator in {"gpu", "cuda"}:
+        raise AnogenInputError(f"--accelerator {accelerator}: no CUDA device is available")
+    return "cpu", 1
+
+
+def learn(
+    support: str,
+    output: str,
+    backbone: str,
+    revision: str | None = None,
+    defects: list[str] | None = None,
+    shots: int | None = None,
+    steps: int = 6000,
+    lr: float = 5e-3,
+    scale_lr: bool = True,
+    batch_size: int = 4,
+    resolution: int | None = None,
+    seed: int = 0,
+    token: str = DEFAULT_TOKEN,
+    init_word: str = "defect",
+    hflip_p: float = 0.5,
+    precision: str = "auto",
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+) -> list[Path]:
+    """Learn one anomaly embedding per defect type found in a support folder (AnoGen stage 1).
+
+    Args:
+        support: Support folder: <defect>/<name>.png with <defect>/<name>_mask.png, or an MVTec category
+            (test/<defect>/ with ground_truth/<defect>/), from which --shots images per defect are drawn.
+        output: Folder that receives <defect>/learned_embeds.safetensors and <defect>/anogen_embedding.json.
+        backbone: tiny | tiny-ldm | sd15-random | a diffusers SD 1.x/2.x or LDMTextToImagePipeline folder or hub id.
+        revision: Hub revision (branch, tag or commit) when --backbone is a hub id.
+        defects: Only these defect types (default: every one found).
+        shots: Support images per defect (default: all in the support layout, 3 in the MVTec layout).
+        steps: Optimisation steps per defect (paper: 6000).
+        lr: Base learning rate per sample; the rate used is lr x batch_size when --scale_lr (as the paper's code).
+        scale_lr: Multiply --lr by the batch size (the LDM textual-inversion rule).
+        batch_size: Support samples per step (drawn with replacement across epochs of shuffled images).
+        resolution: Training resolution in pixels (default: the backbone's native one).
+        seed: Seed of the support selection, flips, noise, timesteps and prompts (and of random-weight backbones).
+        token: Placeholder token; {defect} is replaced by the defect name.
+        init_word: Word whose embedding initialises the token (must be one token).
+        hflip_p: Probability of a horizontal flip, applied to image and mask together.
+        precision: auto (bf16, else fp16 autocast on GPU; fp32 on CPU) | 32 | bf16 | fp16.
+        accelerator: auto | cpu | gpu.
+        devices: GPUs to spread the defects over (auto: all, at most one per defect).
+        overwrite: Replace finished embeddings in --output (refused otherwise).
+        progress: Show a progress bar with the current loss.
+        threads: CPU threads for torch (default: 1 for the tiny backbones, whose ops are too small to split
+            across threads, else torch's default).
+    """
+    from anomalib_anogen.generation.embeddings import check_output
+    from anomalib_anogen.generation.textual_inversion import LearnConfig
+
+    config = LearnConfig(
+        steps=steps,
+        lr=lr,
+        scale_lr=scale_lr,
+        batch_size=batch_size,
+        resolution=resolution,
+        seed=seed,
+        init_word=init_word,
+        hflip_p=hflip_p,
+        precision=precision,
+    )
+    config.validate()
+    found = discover_support(support, shots=shots, seed=seed, defects=defects)
+    names = found.defects
+    if "{defect}" not in token and len(names) > 1:
+        raise AnogenInputError(f"--token {token!r} has no {{defect}} but {len(names)} defects would share it")
+    loaded = load_support(found)
+    output_path = Path(output).expanduser()
+    check_output(output_path, names, overwrite)
+    kind, count = _plan_devices(accelerator, devices, len(names))
+    if kind == "cpu" and (threads is not None or backbone in {"tiny", "tiny-ldm"}):
+        import torch
+
+        torch.set_num_threads(threads or 1)
+
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
+    fabric.launch()
+    mine = names[fabric.global_rank :: fabric.world_size]
+    written = _learn_on_rank(
+        backbone, revision, config, token, found, loaded, mine, output_path, overwrite, fabric, progress
+    )
+    fabric.barrier()
+    return written
+
+
+def _learn_on_rank(
+    backbone_spec: str,
+    revision: str | None,
+    config: Any,
+    token_template: str,
+    found: SupportSet,
+    loaded: dict[str, list[LoadedPair]],
+    mine: list[str],
+    output: Path,
+    overwrite: bool,
+    fabric: Any,
+    progress: bool,
+) -> list[Path]:
+    import torch
+
+    from anomalib_anogen.generation.backbones import load_backbone
+    from anomalib_anogen.generation.embeddings import METADATA_FORMAT, write_embedding_dir
+    from anomalib_anogen.generation.textual_inversion import config_dict, learn_embedding
+
+    model = load_backbone(backbone_spec, revision=revision, seed=config.seed)
+    model.to(fabric.device)
+    described = model.describe()
+    written = []
+    for defect in mine:
+        token = token_for(token_template, defect)
+        if torch.cuda.is_available() and fabric.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(fabric.device)
+        result = learn_embedding(
+            model, loaded[defect], token, config, device=fabric.device, progress=progress, description=defect
+        )
+        metadata = {
+            "format": METADATA_FORMAT,
+            "anogen_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "defect": defect,
+            "token": token,
+            "init_word": config.init_word,
+            "embedding_shape": list(result.vector.shape),
+            "backbone": described,
+            "hyperparameters": {
+                **config_dict(config),
+                "token_template": token_template,
+                "lr_effective": result.lr,
+                "lr_rule": "lr x batch_size (scale_lr)" if config.scale_lr else "lr",
+                "resolution": result.resolution,
+            },
+            "seed": config.seed,
+            "loss": {
+                "start": result.loss_start,
+                "end": result.loss_end,
+                "what": "masked noise-prediction MSE of the initial / learned token on the same 64 fixed draws",
+                "train_first_window": result.train_loss_first,
+                "train_last_window": result.train_loss_last,
+                "window_steps": result.loss_window,
+            },
+            "training": {
+                "device": result.device,
+                "precision": result.precision,
+                "seconds": round(result.seconds, 3),
+                "steps_per_second": round(result.steps_per_second, 3),
+            },
+            "support": _support_record(found, loaded[defect]),
+        }
+        folder = write_embedding_dir(output, defect, token, result.vector, metadata, overwrite)
+        logger.info("%s: loss %.4f -> %.4f, wrote %s", defect, result.loss_start, result.loss_end, folder)
+        written.append(folder)
+    return written
+
+
+def import_embedding(
+    input: str | list[str],
+    output: str,
+    token: str = "*",
+    category: str | None = None,
+    defect: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Convert the authors' released embeddings.pt files into the anogen format for the LDM backbone.
+
+    Args:
+        input: A released .pt file or a folder of them (e.g. ../shared/data/anogen_reference/released_embeddings);
+            several as a list: --input '[a.pt, b.pt]'.
+        output: Folder that receives <defect>/learned_embeds.safetensors and <defect>/anogen_embedding.json.
+        token: Token name in the written file (the release uses "*").
+        category: Only <category>_*.pt in input folders, and strip "<category>_" from the defect names.
+        defect: Defect name for a single input file (default: the file name, less "<category>_").
+        overwrite: Replace finished embeddings in --output (refused otherwise).
+    """
+    from anomalib_anogen.generation.embeddings import (
+        METADATA_FORMAT,
+        RELEASED_BACKBONE,
+        check_output,
+        load_released,
+        released_defect_name,
+        released_inputs,
+        write_embedding_dir,
+    )
+
+    files = released_inputs([input] if isinstance(input, str) else list(input), category)
+    if defect is not None and len(files) != 1:
+        raise AnogenInputError(f"--defect names one output but {len(files)} input files were given")
+    names = [defect or released_defect_name(file, category) for file in files]
+    if len(set(names)) != len(names):
+        raise AnogenInputError(f"two input files map to the same defect name ({sorted(names)})")
+    loaded = [load_released(file) for file in files]  # every file is checked before anything is written
+    output_path = Path(output).expanduser()
+    check_output(output_path, names, overwrite)
+    written = []
+    for file, name, (original_token, vector, token_id) in zip(files, names, loaded, strict=True):
+        metadata = {
+            "format": METADATA_FORMAT,
+            "anogen_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "defect": name,
+            "token": token,
+            "init_word": None,
+            "embedding_shape": list(vector.shape),
+            "backbone": {
+                "id": RELEASED_BACKBONE,
+                "kind": "ldm",
+                "source": "hub",
+                "note": "LDM txt2img-f8-large (LDMBert, 1280 wide, 256 px), as the AnoGen authors trained it",
+            },
+            "imported_from": {
+                "file": str(file.resolve()),
+                "sha256": sha256_file(file),
+                "token": original_token,
+                "token_id": token_id,
+                "token_id_note": "id in the BERT tokenizer of the original LDM code (bert-base-uncased)",
+            },
+        }
+        written.append(write_embedding_dir(output_path, name, token, vector, metadata, overwrite))
+    return written
+
+
+def remove_if_created_empty(output: Path, existed_before: bool) -> None:
+    """Leave no empty --output behind when a run that created it failed."""
+    if not existed_before and output.is_dir() and not any(output.iterdir()):
+        shutil.rmtree(output, ignore_errors=True)

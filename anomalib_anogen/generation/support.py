@@ -1,0 +1,237 @@
+"""Reading few-shot support sets (real anomalies with their masks) with checks that name the bad file.
+
+Two layouts are accepted:
+
+* support layout: ``<root>/<defect>/<name>.png`` with ``<root>/<defect>/<name>_mask.png``
+  (a folder that holds such pairs directly is one defect named after the folder);
+* MVTec layout: ``<root>/test/<defect>/<name>.png`` with ``<root>/ground_truth/<defect>/<name>_mask.png``;
+  ``good`` is skipped and ``shots`` images per defect are drawn with ``seed`` (recorded, so that an
+  evaluation can leave them out).
+
+Every pair is decoded once up front, so bad input fails before any training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from anomalib_anogen.generation.errors import AnogenInputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Files that file managers drop into folders; they are not a user's mistake.
+IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
+MASK_SUFFIX = "_mask"
+MVTEC_GOOD = "good"
+DEFAULT_MVTEC_SHOTS = 3  # the paper's few-shot setting
+
+
+@dataclass(frozen=True)
+class SupportPair:
+    """One real anomaly: its image and its mask file."""
+
+    defect: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class SupportSet:
+    """The support pairs found under one root, per defect, and how they were chosen."""
+
+    root: Path
+    layout: str  # "support", "single" or "mvtec"
+    pairs: dict[str, list[SupportPair]]
+    shots: int | None = None
+    selection_seed: int | None = None
+    available: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def defects(self) -> list[str]:
+        """Defect names, sorted."""
+        return sorted(self.pairs)
+
+
+@dataclass
+class LoadedPair:
+    """A decoded support pair: RGB image and boolean mask of the same size."""
+
+    pair: SupportPair
+    image: Image.Image
+    mask: np.ndarray  # bool, H x W, same size as image
+    mask_resized: bool = False
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed (support images are recorded by content, not by name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_ignored(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in IGNORED_NAMES
+
+
+def _scan_pair_folder(folder: Path, defect: str, mask_folder: Path | None = None) -> list[SupportPair]:
+    """Pairs in one defect folder; masks beside the images or in ``mask_folder`` (MVTec)."""
+    images: list[Path] = []
+    masks: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() or _is_ignored(path):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise AnogenInputError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        if mask_folder is None and path.stem.endswith(MASK_SUFFIX):
+            masks[path.stem[: -len(MASK_SUFFIX)]] = path
+        else:
+            images.append(path)
+    if mask_folder is not None:
+        if not mask_folder.is_dir():
+            raise AnogenInputError(f"{mask_folder}: mask folder missing for the images in {folder}")
+        for path in sorted(mask_folder.iterdir()):
+            if path.is_file() and not _is_ignored(path) and path.stem.endswith(MASK_SUFFIX):
+                masks[path.stem[: -len(MASK_SUFFIX)]] = path
+    if not images:
+        raise AnogenInputError(f"{folder}: no images found (expected <name>.png with <name>{MASK_SUFFIX}.png)")
+    pairs = []
+    for image in images:
+        mask = masks.pop(image.stem, None)
+        if mask is None:
+            where = mask_folder if mask_folder is not None else folder
+            raise AnogenInputError(f"{image}: no mask (expected {where / (image.stem + MASK_SUFFIX + '.png')})")
+        pairs.append(SupportPair(defect=defect, image=image, mask=mask))
+    if masks and mask_folder is None:
+        orphan = next(iter(masks.values()))
+        raise AnogenInputError(f"{orphan}: mask without an image (expected {folder / (orphan.stem[:-5] + '.png')})")
+    return pairs
+
+
+def _select(pairs: list[SupportPair], shots: int | None, seed: int, defect: str) -> list[SupportPair]:
+    """``shots`` pairs drawn with a per-defect RNG, so one defect's choice never depends on the others."""
+    if shots is None or shots >= len(pairs):
+        if shots is not None and shots > len(pairs):
+            logger.warning("defect %s: asked for %d shots, only %d available; using all", defect, shots, len(pairs))
+        return pairs
+    chosen = random.Random(f"anogen-shots:{seed}:{defect}").sample(range(len(pairs)), shots)
+    return [pairs[i] for i in sorted(chosen)]
+
+
+def discover_support(
+    root: str | Path, shots: int | None = None, seed: int = 0, defects: list[str] | None = None
+) -> SupportSet:
+    """Find the support pairs under ``root`` in either layout (see module docstring)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise AnogenInputError(f"{root}: support folder not found")
+    if shots is not None and shots < 1:
+        raise AnogenInputError(f"--shots must be at least 1 (got {shots})")
+    found: dict[str, list[SupportPair]] = {}
+    if (root / "test").is_dir() and (root / "ground_truth").is_dir():
+        layout = "mvtec"
+        shots = DEFAULT_MVTEC_SHOTS if shots is None else shots
+        for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir() and p.name != MVTEC_GOOD):
+            found[folder.name] = _scan_pair_folder(folder, folder.name, root / "ground_truth" / folder.name)
+    else:
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_ignored(p))
+        if subfolders:
+            layout = "support"
+            for folder in subfolders:
+                found[folder.name] = _scan_pair_folder(folder, folder.name)
+        else:
+            layout = "single"
+            found[root.name] = _scan_pair_folder(root, root.name)
+    if not found:
+        raise AnogenInputError(f"{root}: no defect folders with images found")
+    if defects:
+        unknown = sorted(set(defects) - set(found))
+        if unknown:
+            raise AnogenInputError(f"{root}: defect(s) {', '.join(unknown)} not found (have: {', '.join(found)})")
+        found = {name: found[name] for name in defects}
+    available = {name: len(pairs) for name, pairs in found.items()}
+    selected = {name: _select(pairs, shots, seed, name) for name, pairs in found.items()}
+    return SupportSet(
+        root=root,
+        layout=layout,
+        pairs=selected,
+        shots=shots,
+        selection_seed=seed if shots is not None else None,
+        available=available,
+    )
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise AnogenInputError(f"{path}: not a readable image ({error})") from error
+    return image
+
+
+def _to_uint8_array(image: Image.Image) -> np.ndarray:
+    """8-bit array of any PIL mode; 16/32-bit integer images are scaled down, not clipped."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        return np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+        return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
+    return np.asarray(image.convert("RGB"))
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """An image as 8-bit RGB: grayscale, 16-bit, palette and alpha images are converted, not refused."""
+    image = _open(path)
+    if image.mode == "RGB":
+        return image
+    array = _to_uint8_array(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return Image.fromarray(array, mode="RGB")
+
+
+def load_mask_array(path: Path) -> np.ndarray:
+    """A mask as bool H x W: 0/255 masks threshold at 128, 0/1 masks at 1, colour masks on any channel."""
+    array = _to_uint8_array(_open(path))
+    if array.ndim == 3:
+        array = array.max(axis=2)
+    if array.max(initial=0) == 1:
+        return array > 0
+    return array > 127
+
+
+def load_pair(pair: SupportPair) -> LoadedPair:
+    """Decode and check one pair; a mask of another size is resized (nearest) to the image with a warning."""
+    image = load_rgb(pair.image)
+    mask = load_mask_array(pair.mask)
+    resized = False
+    if mask.shape != (image.height, image.width):
+        message = (
+            f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}; "
+            "resizing the mask (nearest neighbour)"
+        )
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
+        mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
+        resized = True
+    if not mask.any():
+        raise AnogenInputError(f"{pair.mask}: mask is empty (no defect pixel), nothing to learn from")
+    return LoadedPair(pair=pair, image=image, mask=mask, mask_resized=resized)
+
+
+def load_support(support: SupportSet) -> dict[str, list[LoadedPair]]:
+    """Decode every pair of every defect (fails on the first bad file, before any training)."""
+    return {defect: [load_pair(pair) for pair in support.pairs[defect]] for defect in support.defects}

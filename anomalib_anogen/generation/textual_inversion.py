@@ -1,0 +1,434 @@
+"""Masked textual inversion: learn one token embedding per defect type on a frozen backbone (AnoGen stage 1).
+
+As the paper (and the LDM textual-inversion code it builds on): a new placeholder token, initialised from
+the embedding of an init word, is the only trainable tensor; the loss is the MSE between the true and the
+predicted noise, multiplied by the defect mask resized to the latent grid, so the token learns the defect
+and not the object around it.
+
+The frozen token table is never written: the text encoder's embedding module is wrapped for the duration of
+training by :class:`PlaceholderEmbedding`, which looks up every id in the frozen table and substitutes the
+trainable vector where the placeholder id occurs. Every other row and every model weight therefore stays
+bit-identical by construction (and the tests check it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from PIL import Image
+from torch import nn
+
+from anomalib_anogen.generation.backbones import Backbone
+from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.support import LoadedPair
+
+logger = logging.getLogger(__name__)
+
+# The prompt templates of the LDM textual-inversion code that AnoGen trains with (imagenet_templates_small).
+TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+)
+
+
+@dataclass
+class LearnConfig:
+    """Hyper-parameters of one masked textual-inversion run (defaults: the paper's)."""
+
+    steps: int = 6000
+    lr: float = 5e-3  # base learning rate, per sample (see effective_lr)
+    scale_lr: bool = True
+    batch_size: int = 4
+    resolution: int | None = None  # None: the backbone's native resolution
+    seed: int = 0
+    init_word: str = "defect"
+    hflip_p: float = 0.5
+    weight_decay: float = 0.01  # torch.optim.AdamW's default, which the LDM code uses
+    precision: str = "auto"  # auto | 32 | bf16 | fp16 (autocast; the learned vector stays fp32)
+    loss_window: int = 50  # at most this many steps (and a tenth of them) are averaged for the start/end loss
+
+    def effective_lr(self, num_devices: int = 1, grad_accumulation: int = 1) -> float:
+        """The paper's rule (LDM ``main.py``): lr = base_lr x batch_size x devices x accumulation, if scale_lr.
+
+        Each defect is learned on one device, so ``num_devices`` is 1 here whatever the number of GPUs.
+        """
+        if not self.scale_lr:
+            return self.lr
+        return self.lr * self.batch_size * num_devices * grad_accumulation
+
+    def validate(self) -> None:
+        """Refuse settings that cannot train (as input errors, exit code 2)."""
+        if self.steps < 1:
+            raise AnogenInputError(f"--steps must be at least 1 (got {self.steps})")
+        if self.batch_size < 1:
+            raise AnogenInputError(f"--batch_size must be at least 1 (got {self.batch_size})")
+        if not self.lr > 0:
+            raise AnogenInputError(f"--lr must be positive (got {self.lr})")
+        if not 0.0 <= self.hflip_p <= 1.0:
+            raise AnogenInputError(f"--hflip_p must lie in [0, 1] (got {self.hflip_p})")
+        if self.precision not in {"auto", "32", "bf16", "fp16"}:
+            raise AnogenInputError(f"--precision must be auto, 32, bf16 or fp16 (got {self.precision})")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise AnogenInputError(f"--resolution must be a positive multiple of 8 (got {self.resolution})")
+
+
+@dataclass
+class LearnResult:
+    """The learned embedding of one defect and how it got there."""
+
+    token: str
+    init_word: str
+    vector: torch.Tensor  # [1, dim], fp32, cpu
+    loss_start: float  # fixed-draw evaluation (evaluate_loss) of the initial vector
+    loss_end: float  # the same draws, learned vector
+    losses: list[float] = field(repr=False, default_factory=list)
+    train_loss_first: float = math.nan  # mean training loss over the first window of steps
+    train_loss_last: float = math.nan  # ... and over the last window
+    loss_window: int = 1
+    lr: float = 0.0
+    resolution: int = 0
+    precision: str = "32"
+    device: str = "cpu"
+    seconds: float = 0.0
+
+    @property
+    def steps_per_second(self) -> float:
+        """Training throughput (excluding the one-off latent encoding)."""
+        return len(self.losses) / self.seconds if self.seconds > 0 else math.nan
+
+
+class PlaceholderEmbedding(nn.Module):
+    """A frozen token table plus trainable vectors for new token ids; the table itself is never written."""
+
+    def __init__(self, base: nn.Embedding, token_ids: list[int], init: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
+        self.vectors = nn.Parameter(init.detach().clone().float())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen table (for code that reads ``embedding.weight``)."""
+        return self.base.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Frozen lookup, with the placeholder ids replaced by the trainable vectors."""
+        out = self.base(input_ids.clamp(max=self.base.num_embeddings - 1))
+        for index in range(len(self.token_ids)):
+            hit = (input_ids == self.token_ids[index]).unsqueeze(-1)
+            out = torch.where(hit, self.vectors[index].to(out.dtype), out)
+        return out
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if device.type != "cuda":
+        return "32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def _pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """RGB image -> [3, r, r] in [-1, 1] (squashed to a square, as the paper's data loader does)."""
+    resized = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    array = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _mask_pixels(mask: np.ndarray, resolution: int) -> torch.Tensor:
+    """Bool mask -> [1, r, r] float {0, 1} (nearest, so it stays binary)."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((resolution, resolution), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(image) > 127).float().unsqueeze(0)
+
+
+class SupportCache:
+    """Support latents encoded once (plain and flipped), so training never runs the VAE encoder again.
+
+    Stores the VAE posterior's mean and std; each step draws a fresh latent sample from them, as the paper's
+    code does when it encodes every step, at a fraction of the cost.
+    """
+
+    def __init__(self, backbone: Backbone, pairs: list[LoadedPair], resolution: int, device: torch.device) -> None:
+        pixels = torch.stack([_pixels(p.image, resolution) for p in pairs]).to(device)
+        masks = torch.stack([_mask_pixels(p.mask, resolution) for p in pairs]).to(device)
+        pixels = torch.cat([pixels, pixels.flip(-1)])  # [2n]: plain then flipped
+        masks = torch.cat([masks, masks.flip(-1)])
+        with torch.no_grad():
+            posterior = backbone.vae.encode(pixels.to(backbone.vae.dtype)).latent_dist
+            self.mean = posterior.mean.float()
+            self.std = posterior.std.float()
+            latent_size = self.mean.shape[-2:]
+            # Area resize keeps a small defect's weight instead of losing it between latent cells.
+            self.loss_mask = F.interpolate(masks, size=latent_size, mode="area")
+            self.masked_latents = None
+            self.inpaint_mask = None
+            if backbone.inpainting:
+                masked = pixels * (masks < 0.5)
+                masked_posterior = backbone.vae.encode(masked.to(backbone.vae.dtype)).latent_dist
+                self.masked_latents = masked_posterior.mean.float() * backbone.scaling_factor
+                self.inpaint_mask = F.interpolate(masks, size=latent_size, mode="nearest")
+        self.count = len(pairs)
+        self.scaling_factor = backbone.scaling_factor
+
+    def batch(self, indices: torch.Tensor, flips: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Latent sample, loss mask (and inpainting inputs) for support ``indices``, flipped where ``flips``."""
+        rows = indices + flips.long() * self.count
+        rows = rows.to(self.mean.device)
+        out = {
+            "latents": (self.mean[rows] + self.std[rows] * eps.to(self.mean.device)) * self.scaling_factor,
+            "loss_mask": self.loss_mask[rows],
+        }
+        if self.masked_latents is not None and self.inpaint_mask is not None:
+            out["masked_latents"] = self.masked_latents[rows]
+            out["inpaint_mask"] = self.inpaint_mask[rows]
+        return out
+
+
+class MaskedTextualInversion(nn.Module):
+    """One defect's placeholder token on a frozen backbone: the trainable part and its loss."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        pairs: list[LoadedPair],
+        token: str,
+        config: LearnConfig,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.device_ = device if device is not None else backbone.device
+        self.resolution = config.resolution or backbone.resolution
+        # A private tokenizer copy: the backbone's own stays untouched for the next defect.
+        self.tokenizer = copy.deepcopy(backbone.tokenizer)
+        if token in self.tokenizer.get_vocab():
+            raise AnogenInputError(f"token {token!r} already exists in the backbone's vocabulary; pick another --token")
+        init_ids = self.tokenizer.encode(config.init_word, add_special_tokens=False)
+        if len(init_ids) != 1:
+            raise AnogenInputError(
+                f"--init_word {config.init_word!r} is {len(init_ids)} tokens for this backbone; it must be one token"
+            )
+        self.tokenizer.add_tokens([token])
+        self.token = token
+        self.token_id = int(self.tokenizer.convert_tokens_to_ids(token))
+        self.init_id = int(init_ids[0])
+        self.base_embedding = backbone.token_embedding()
+        init = self.base_embedding.weight[self.init_id].detach().float().unsqueeze(0)
+        self.placeholder = PlaceholderEmbedding(self.base_embedding, [self.token_id], init)
+        self.prompt_ids = backbone.tokenize([t.format(token) for t in TEMPLATES], tokenizer=self.tokenizer)
+        if not (self.prompt_ids == self.token_id).any(dim=1).all():
+            raise AnogenInputError(f"token {token!r} is cut off by the tokenizer's maximum length")
+        self.cache = SupportCache(backbone, pairs, self.resolution, self.device_)
+
+    def install(self) -> None:
+        """Put the placeholder wrapper into the text encoder (for training)."""
+        self.backbone.set_token_embedding(self.placeholder)
+
+    def uninstall(self) -> None:
+        """Put the frozen table back, leaving the text encoder exactly as it was."""
+        self.backbone.set_token_embedding(self.base_embedding)
+
+    def loss(self, generator: torch.Generator, batch_size: int, step_order: torch.Tensor) -> torch.Tensor:
+        """The masked noise-prediction loss of one batch; all randomness comes from ``generator`` (cpu)."""
+        backbone = self.backbone
+        device = self.device_
+        shape = self.cache.mean.shape[1:]
+        flips = torch.rand(batch_size, generator=generator) < self.config.hflip_p
+        eps = torch.randn((batch_size, *shape), generator=generator)
+        noise = torch.randn((batch_size, *shape), generator=generator).to(device)
+        timesteps = torch.randint(
+            0, backbone.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+        ).to(device)
+        prompts = torch.randint(0, len(self.prompt_ids), (batch_size,), generator=generator)
+        batch = self.cache.batch(step_order, flips, eps)
+        latents = batch["latents"]
+        noisy = backbone.noise_scheduler.add_noise(latents, noise, timesteps)
+        if backbone.inpainting:
+            noisy = torch.cat([noisy, batch["inpaint_mask"], batch["masked_latents"]], dim=1)
+        hidden = backbone.encode_text(self.prompt_ids[prompts].to(device))
+        prediction = backbone.unet(noisy.to(backbone.unet.dtype), timesteps, encoder_hidden_states=hidden).sample
+        if backbone.prediction_type == "v_prediction":
+            target = backbone.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        return (error * batch["loss_mask"]).mean()
+
+    def learned_vector(self) -> torch.Tensor:
+        """The learned embedding ``[1, dim]`` on cpu, fp32."""
+        return self.placeholder.vectors.detach().float().cpu().clone()
+
+
+def _order(count: int, steps: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Support indices for every step: epochs of shuffled support images, as a shuffling data loader gives."""
+    needed = steps * batch_size
+    epochs = math.ceil(needed / count)
+    order = torch.cat([torch.randperm(count, generator=generator) for _ in range(epochs)])
+    return order[:needed].view(steps, batch_size)
+
+
+def learn_embedding(
+    backbone: Backbone,
+    pairs: list[LoadedPair],
+    token: str,
+    config: LearnConfig,
+    device: torch.device | None = None,
+    progress: bool = True,
+    description: str | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> LearnResult:
+    """Learn one defect's token on ``backbone`` (already on ``device``) from its support ``pairs``."""
+    config.validate()
+    device = device if device is not None else backbone.device
+    precision = _resolve_precision(config.precision, device)
+    module = MaskedTextualInversion(backbone, pairs, token, config, device)
+    initial = module.learned_vector()
+    lr = config.effective_lr()
+    optimizer = torch.optim.AdamW([module.placeholder.vectors], lr=lr, weight_decay=config.weight_decay)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    generator = torch.Generator().manual_seed(config.seed)
+    order = _order(module.cache.count, config.steps, config.batch_size, generator)
+    losses: list[float] = []
+    bar = _progress(config.steps, description or token, progress)
+    module.install()
+    start = time.perf_counter()
+    try:
+        for step in range(config.steps):
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                loss = module.loss(generator, config.batch_size, order[step])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(f"{token}: loss became {value} at step {step}; try --precision 32 or a lower --lr")
+            losses.append(value)
+            if on_step is not None:
+                on_step(step, value)
+            bar.update(value)
+    finally:
+        module.uninstall()
+        bar.close()
+    seconds = time.perf_counter() - start
+    window = max(1, min(config.loss_window, len(losses) // 10))
+    learned = module.learned_vector()
+    return LearnResult(
+        token=token,
+        init_word=config.init_word,
+        vector=learned,
+        loss_start=evaluate_loss(backbone, pairs, token, initial, config, device=device),
+        loss_end=evaluate_loss(backbone, pairs, token, learned, config, device=device),
+        losses=losses,
+        train_loss_first=float(np.mean(losses[:window])),
+        train_loss_last=float(np.mean(losses[-window:])),
+        loss_window=window,
+        lr=lr,
+        resolution=module.resolution,
+        precision=precision,
+        device=str(device),
+        seconds=seconds,
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(
+    backbone: Backbone,
+    pairs: list[LoadedPair],
+    token: str,
+    vector: torch.Tensor,
+    config: LearnConfig,
+    draws: int = 64,
+    seed: int = 1234,
+    device: torch.device | None = None,
+) -> float:
+    """Masked loss of ``vector`` for ``token`` over fixed noise draws, no flips: a low-variance comparison.
+
+    The per-step training loss is dominated by the random timestep, so start and end are compared here,
+    with the same draws for the initial and the learned vector.
+    """
+    evaluation = copy.copy(config)
+    evaluation.hflip_p = 0.0
+    module = MaskedTextualInversion(backbone, pairs, token, evaluation, device)
+    module.placeholder.vectors.copy_(vector.to(module.placeholder.vectors.device))
+    generator = torch.Generator().manual_seed(seed)
+    chunk = min(8, draws)
+    batches = math.ceil(draws / chunk)
+    order = _order(module.cache.count, batches, chunk, generator)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_resolve_precision(config.precision, module.device_))
+    module.install()
+    try:
+        values = []
+        for index in range(batches):
+            with torch.autocast(device_type=module.device_.type, dtype=dtype, enabled=dtype is not None):
+                values.append(float(module.loss(generator, chunk, order[index])))
+    finally:
+        module.uninstall()
+    return float(np.mean(values))
+
+
+class _Progress:
+    """A tqdm bar with the running loss, or nothing when disabled."""
+
+    def __init__(self, total: int, description: str, enabled: bool) -> None:
+        self.bar: Any = None
+        self.smoothed: float | None = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=True)
+
+    def update(self, loss: float) -> None:
+        self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.smoothed:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(total: int, description: str, enabled: bool) -> _Progress:
+    return _Progress(total, description, enabled)
+
+
+def config_dict(config: LearnConfig) -> dict[str, Any]:
+    """The hyper-parameters as recorded in the metadata json."""
+    return asdict(config)
