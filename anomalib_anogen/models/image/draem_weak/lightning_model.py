@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.models.image.draem import Draem
@@ -22,7 +21,8 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_anogen.data.synthetic import SyntheticBatch, resolve_dtd_dir
+from anomalib_anogen.data.generators import build_generator
+from anomalib_anogen.data.synthetic import SyntheticBatch
 from anomalib_anogen.metrics import anogen_evaluator
 
 from .loss import DraemWeakLoss, WeakScope
@@ -43,7 +43,12 @@ class DraemWeak(AnomalibModule):
         weak_scope: ``"box"`` applies the rule to box-masked samples only; ``"all"`` to every
             sample, as the authors' released code does.
         beta: Blend factor of Perlin anomalies, a number or a ``(low, high)`` range.
-        anomaly_probability: Share of training images that get a Perlin anomaly.
+        anomaly_probability: Share of Perlin-sourced training images that get an anomaly.
+        generator: Synthetic-anomaly source: ``perlin`` (Perlin/DTD, exact masks) or ``anogen`` (generated
+            anomalies from ``bank_dir`` with box masks, mixed with Perlin/DTD), or a ``class_path`` dict.
+        bank_dir: Anomaly bank made by ``anogen generate`` (generator ``anogen`` only).
+        bank_probability: Share of samples drawn from the bank (paper: 0.5).
+        exclude_defects: Bank defect types to leave out.
         reconstructive_width: Base width of the reconstructive sub-network (DRAEM: 128).
         discriminative_width: Base width of the discriminative sub-network (DRAEM: 64).
         learning_rate: Adam learning rate (DRAEM: 1e-4).
@@ -60,6 +65,10 @@ class DraemWeak(AnomalibModule):
         weak_scope: WeakScope = "box",
         beta: float | tuple[float, float] = (0.1, 1.0),
         anomaly_probability: float = 0.5,
+        generator: str | dict[str, Any] = "perlin",
+        bank_dir: Path | str | None = None,
+        bank_probability: float = 0.5,
+        exclude_defects: list[str] | None = None,
         reconstructive_width: int = DEFAULT_RECONSTRUCTIVE_WIDTH,
         discriminative_width: int = DEFAULT_DISCRIMINATIVE_WIDTH,
         learning_rate: float = 1e-4,
@@ -70,23 +79,22 @@ class DraemWeak(AnomalibModule):
     ) -> None:
         # Validate before the (large) networks are built, so bad input fails fast.
         weak_loss = DraemWeakLoss(p_cutoff=p_cutoff, weak_scope=weak_scope)
-        anomaly_source = resolve_dtd_dir(dtd_dir, "dtd_dir")
-        if not 0.0 <= anomaly_probability <= 1.0:
-            msg = f"anomaly_probability must lie in [0, 1], got {anomaly_probability!r}."
-            raise ValueError(msg)
+        augmenter = build_generator(
+            generator,
+            dtd_dir=dtd_dir,
+            probability=anomaly_probability,
+            blend_factor=beta,
+            bank_dir=bank_dir,
+            bank_probability=bank_probability,
+            exclude_defects=exclude_defects or [],
+        )
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        # Configs give ranges as lists; anomalib's generator only samples from a tuple.
-        blend_factor = tuple(float(value) for value in beta) if isinstance(beta, list | tuple) else float(beta)
-        self.augmenter = PerlinAnomalyGenerator(
-            anomaly_source_path=anomaly_source,
-            probability=anomaly_probability,
-            blend_factor=blend_factor,
-        )
+        self.augmenter = augmenter
         self.model = DraemWeakModel(
             reconstructive_width=reconstructive_width,
             discriminative_width=discriminative_width,
@@ -95,7 +103,7 @@ class DraemWeak(AnomalibModule):
         self.learning_rate = learning_rate
 
     def synthesize(self, images: torch.Tensor) -> SyntheticBatch:
-        """Put synthetic anomalies into a batch of normal images (Perlin/DTD: exact masks)."""
+        """Put synthetic anomalies into a batch of normal images, with mask kinds and reconstruction targets."""
         height, width = images.shape[-2:]
         if height % 32 or width % 32:
             msg = (
@@ -103,6 +111,9 @@ class DraemWeak(AnomalibModule):
                 f"{height}x{width}. Set the pre-processor's size, e.g. DraemWeak.configure_pre_processor((256, 256))."
             )
             raise ValueError(msg)
+        if hasattr(self.augmenter, "generate"):
+            return self.augmenter.generate(images)
+        # A PerlinAnomalyGenerator-like class given by class_path: exact masks, batch image as target.
         augmented, mask = self.augmenter(images)
         is_box = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=images)

@@ -1,0 +1,199 @@
+"""AnoGen's synthetic-anomaly generator: generated anomalies from a bank, mixed with Perlin/DTD ones.
+
+As in the paper's code, each training sample comes from the bank with probability
+``bank_probability`` (0.5) and from Perlin/DTD otherwise; of the bank draws, half are the
+generated anomaly with its box mask and half the clean normal image it was generated from,
+with an empty mask. A bank sample replaces the batch image: its reconstruction target is its
+own source image (from the manifest), not the batch image. Random rotation (p=0.3, within
+±90°, as the paper's DRAEM) turns image, target and mask together.
+
+Bank files are read and resized by DataLoader worker processes that run ahead of the training
+step, so loading stays out of the step's critical path.
+"""
+
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tvf
+
+from anomalib_anogen.data.bank import BankRecord, load_bank
+from anomalib_anogen.data.generators.perlin import PerlinGenerator
+from anomalib_anogen.data.synthetic import SyntheticBatch
+
+NEVER_ENDING = 2**62
+
+
+class BankDataset(Dataset):
+    """Bank records as ``(anomalous image, box mask, source image)`` at one size, floats in [0, 1].
+
+    Images are resized with antialiased bilinear interpolation and masks with nearest neighbour,
+    so a bank made at 512 px serves a model trained at 256 px with its boxes intact.
+    """
+
+    def __init__(self, records: list[BankRecord], size: tuple[int, int]) -> None:
+        self.records = records
+        self.size = list(size)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _read(self, path: Path, mode: ImageReadMode) -> torch.Tensor:
+        return decode_image(read_file(str(path)), mode=mode)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        record = self.records[index]
+        image = self._read(record.image, ImageReadMode.RGB)
+        source = self._read(record.source, ImageReadMode.RGB)
+        mask = self._read(record.mask, ImageReadMode.GRAY)
+        image = tvf.resize(image, self.size, antialias=True).float() / 255
+        source = tvf.resize(source, self.size, antialias=True).float() / 255
+        mask = (tvf.resize(mask, self.size, interpolation=InterpolationMode.NEAREST) > 127).float()
+        return image, mask, source
+
+
+class AnoGenAnomalyGenerator(nn.Module):
+    """Generated (bank) anomalies with box masks, mixed with Perlin/DTD anomalies.
+
+    Its call follows ``PerlinAnomalyGenerator``'s contract (image or batch in,
+    ``(augmented_image, anomaly_mask)`` out), so it can replace a stock ``Draem``'s
+    ``augmenter``; ``generate`` also returns which masks are boxes and the reconstruction
+    targets, which the weakly-supervised models need.
+
+    Args:
+        bank_dir: Anomaly bank made by ``anogen generate``.
+        bank_probability: Share of samples drawn from the bank (paper: 0.5).
+        clean_share: Share of bank draws that use the clean source image with an empty mask (paper: 0.5).
+        exclude_defects: Defect types of the bank to leave out (the paper's code dropped capsule/poke and
+            cable/cable_swap).
+        dtd_dir: Texture folder for the Perlin fallback, or ``None`` for Perlin noise alone; never downloaded.
+        probability: Share of Perlin-fallback samples that get an anomaly (DRAEM: 0.5).
+        blend_factor: Perlin blend factor, a number or a ``(low, high)`` range.
+        rotation_probability: Chance that a sample is rotated (paper's DRAEM: 0.3).
+        rotation_degrees: Rotation angles are drawn from ``[-rotation_degrees, rotation_degrees]``.
+        num_workers: DataLoader worker processes that read the bank ahead of time (0: read in this process).
+        prefetch: Bank samples each read-ahead batch holds.
+    """
+
+    def __init__(
+        self,
+        bank_dir: Path | str,
+        bank_probability: float = 0.5,
+        clean_share: float = 0.5,
+        exclude_defects: list[str] | tuple[str, ...] = (),
+        dtd_dir: Path | str | None = None,
+        probability: float = 0.5,
+        blend_factor: float | tuple[float, float] | list[float] = (0.1, 1.0),
+        rotation_probability: float = 0.3,
+        rotation_degrees: float = 90.0,
+        num_workers: int = 2,
+        prefetch: int = 8,
+    ) -> None:
+        super().__init__()
+        for name, value in {
+            "bank_probability": bank_probability,
+            "clean_share": clean_share,
+            "rotation_probability": rotation_probability,
+        }.items():
+            if not 0.0 <= value <= 1.0:
+                msg = f"{name} must lie in [0, 1], got {value!r}."
+                raise ValueError(msg)
+        self.records = load_bank(bank_dir, exclude_defects)
+        self.bank_dir = Path(bank_dir)
+        self.bank_probability = bank_probability
+        self.clean_share = clean_share
+        self.rotation_probability = rotation_probability
+        self.rotation_degrees = rotation_degrees
+        self.num_workers = num_workers
+        self.prefetch = prefetch
+        self.perlin = PerlinGenerator(dtd_dir=dtd_dir, probability=probability, blend_factor=blend_factor)
+        self._stream: Iterator | None = None
+        self._stream_size: tuple[int, int] | None = None
+        self._pending: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Worker iterators cannot be pickled or deep-copied; a copy starts its own."""
+        state = self.__dict__.copy()
+        state["_stream"], state["_stream_size"], state["_pending"] = None, None, deque()
+        return state
+
+    def _open_stream(self, size: tuple[int, int]) -> None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())  # follows the global seed (seed_everything)
+        sampler = RandomSampler(
+            range(len(self.records)),
+            replacement=True,
+            num_samples=NEVER_ENDING,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        loader = DataLoader(
+            BankDataset(self.records, size),
+            batch_size=self.prefetch,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            prefetch_factor=2 if self.num_workers > 0 else None,
+        )
+        self._stream, self._stream_size, self._pending = iter(loader), size, deque()
+
+    def draw(self, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` random bank samples at ``size``: anomalous images, box masks, source images."""
+        if self._stream is None or self._stream_size != size:
+            self._open_stream(size)
+        while len(self._pending) < count:
+            images, masks, sources = next(self._stream)  # type: ignore[arg-type]
+            self._pending.extend(zip(images, masks, sources, strict=True))
+        drawn = [self._pending.popleft() for _ in range(count)]
+        return tuple(torch.stack(parts) for parts in zip(*drawn, strict=True))  # type: ignore[return-value]
+
+    def rotate(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rotate each sample with ``rotation_probability``, by the same angle across all tensors given.
+
+        The last tensor is the mask (nearest neighbour); the others are images (bilinear).
+        """
+        outputs = [tensor.clone() for tensor in tensors]
+        for index in range(tensors[0].shape[0]):
+            if torch.rand(1).item() >= self.rotation_probability:
+                continue
+            angle = float(torch.empty(1).uniform_(-self.rotation_degrees, self.rotation_degrees).item())
+            for position, tensor in enumerate(tensors):
+                mode = InterpolationMode.NEAREST if position == len(tensors) - 1 else InterpolationMode.BILINEAR
+                outputs[position][index] = tvf.rotate(tensor[index], angle, interpolation=mode)
+        return tuple(outputs)
+
+    def generate(self, images: torch.Tensor) -> SyntheticBatch:
+        """Synthetic anomalies for a batch ``(B, 3, H, W)`` of normal images in [0, 1]."""
+        batch_size, size = images.shape[0], (int(images.shape[-2]), int(images.shape[-1]))
+        from_bank = torch.rand(batch_size) < self.bank_probability
+        augmented, target = images.clone(), images.clone()
+        mask = images.new_zeros(batch_size, 1, *size)
+        is_box = torch.zeros(batch_size, dtype=torch.bool, device=images.device)
+        perlin_rows = (~from_bank).nonzero().squeeze(1).to(images.device)
+        if len(perlin_rows):  # Perlin/DTD only where the bank is not used: it reads a texture per image
+            synthetic = self.perlin.generate(images[perlin_rows])
+            augmented[perlin_rows], mask[perlin_rows] = synthetic.image, synthetic.mask
+        count = int(from_bank.sum())
+        if count:
+            anomalous, box, source = (part.to(images.device, images.dtype) for part in self.draw(count, size))
+            clean = (torch.rand(count) < self.clean_share).to(images.device)
+            keep = clean.view(-1, 1, 1, 1)
+            rows = from_bank.nonzero().squeeze(1).to(images.device)
+            augmented[rows] = torch.where(keep, source, anomalous)
+            mask[rows] = torch.where(keep, torch.zeros_like(box), box)
+            target[rows] = source
+            is_box[rows] = ~clean
+        augmented, target, mask = self.rotate(augmented, target, mask)
+        return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=target)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``PerlinAnomalyGenerator``'s contract: ``(augmented_image, anomaly_mask)`` for an image or batch."""
+        if image.dim() == 3:
+            synthetic = self.generate(image.unsqueeze(0))
+            return synthetic.image[0], synthetic.mask[0]
+        synthetic = self.generate(image)
+        return synthetic.image, synthetic.mask
