@@ -8,7 +8,10 @@ import importlib
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
+
+from anomalib_anogen.data.synthetic import SyntheticBatch
 
 from .anogen import AnoGenAnomalyGenerator, BankDataset
 from .perlin import PerlinGenerator
@@ -55,4 +58,25 @@ def build_generator(spec: str | dict[str, Any], **options: Any) -> nn.Module:
     return cls(**{name: value for name, value in options.items() if name in accepted})
 
 
-__all__ = ["GENERATORS", "AnoGenAnomalyGenerator", "BankDataset", "PerlinGenerator", "build_generator"]
+def generate_batch(generator: nn.Module, images: torch.Tensor) -> SyntheticBatch:
+    """Synthetic anomalies for a batch, from any generator.
+
+    Generators of this package return mask kinds and reconstruction targets (``generate``); a plain
+    ``PerlinAnomalyGenerator``-like module given by ``class_path`` gives exact masks and keeps the batch
+    image as the target.
+    """
+    if hasattr(generator, "generate"):
+        return generator.generate(images)
+    augmented, mask = generator(images)
+    is_box = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+    return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=images)
+
+
+__all__ = [
+    "GENERATORS",
+    "AnoGenAnomalyGenerator",
+    "BankDataset",
+    "PerlinGenerator",
+    "build_generator",
+    "generate_batch",
+]

@@ -21,7 +21,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_anogen.data.generators import build_generator
+from anomalib_anogen.data.generators import build_generator, generate_batch
 from anomalib_anogen.data.synthetic import SyntheticBatch
 from anomalib_anogen.metrics import anogen_evaluator
 
@@ -111,12 +111,7 @@ class DraemWeak(AnomalibModule):
                 f"{height}x{width}. Set the pre-processor's size, e.g. DraemWeak.configure_pre_processor((256, 256))."
             )
             raise ValueError(msg)
-        if hasattr(self.augmenter, "generate"):
-            return self.augmenter.generate(images)
-        # A PerlinAnomalyGenerator-like class given by class_path: exact masks, batch image as target.
-        augmented, mask = self.augmenter(images)
-        is_box = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=images)
+        return generate_batch(self.augmenter, images)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Synthesize anomalies, reconstruct and segment, and apply the weak loss."""
@@ -124,7 +119,7 @@ class DraemWeak(AnomalibModule):
         synthetic = self.synthesize(batch.image)
         reconstruction, prediction = self.model(synthetic.image)
         loss = self.loss(synthetic.target, reconstruction, synthetic.mask, prediction, synthetic.is_box)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(synthetic.image))
         return {"loss": loss}
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
