@@ -2,11 +2,16 @@
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from anomalib.engine import Engine
+    from anomalib.models import AnomalibModule
 
 from anomalib_anogen.data.bank import MANIFEST_NAME, BankError, load_bank
 from anomalib_anogen.data.generators import AnoGenAnomalyGenerator, PerlinGenerator, build_generator
@@ -126,51 +131,11 @@ def test_perlin_contract_holds(bank: tuple[Path, list[dict]]) -> None:
     assert augmented.shape == (2, 3, 64, 64) and mask.shape == (2, 1, 64, 64)
 
 
-def test_stock_draem_trains_with_the_generator_swapped_in(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
-    from anomalib.data import Folder
-    from anomalib.engine import Engine
-    from anomalib.models import Draem
-
-    bank_dir, _ = bank
-    textures = bank_dir / "normal"  # an existing folder, so anomalib's Draem does not try to download DTD
-    model = Draem(dtd_dir=textures, pre_processor=Draem.configure_pre_processor((32, 32)), visualizer=False)
-    model.augmenter = only_bank(bank_dir)
-    datamodule = Folder(
-        name="bank_normals",
-        root=bank_dir,
-        normal_dir="normal",
-        train_batch_size=2,
-        num_workers=0,
-        test_split_mode="none",
-        val_split_mode="none",
-    )
-    engine = Engine(
-        default_root_dir=tmp_path,
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
-    engine.fit(model=model, datamodule=datamodule)
-    assert engine.trainer.global_step == 1
-
-
-def test_draem_weak_trains_on_a_bank(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
+def fit_on_bank_normals(model: "AnomalibModule", bank_dir: Path, tmp_path: Path, steps: int) -> "Engine":
+    """Train ``steps`` steps on the bank's own normal images (anomalib's Folder datamodule)."""
     from anomalib.data import Folder
     from anomalib.engine import Engine
 
-    bank_dir, _ = bank
-    model = DraemWeak(
-        generator="anogen",
-        bank_dir=bank_dir,
-        reconstructive_width=8,
-        discriminative_width=4,
-        pre_processor=DraemWeak.configure_pre_processor((32, 32)),
-        visualizer=False,
-    )
-    assert isinstance(model.augmenter, AnoGenAnomalyGenerator)
-    model.augmenter.num_workers = 0
     datamodule = Folder(
         name="bank_normals",
         root=bank_dir,
@@ -182,13 +147,39 @@ def test_draem_weak_trains_on_a_bank(bank: tuple[Path, list[dict]], tmp_path: Pa
     )
     engine = Engine(
         default_root_dir=tmp_path,
-        max_steps=3,
+        max_steps=steps,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
         limit_val_batches=0,
     )
     engine.fit(model=model, datamodule=datamodule)
+    return engine
+
+
+def test_stock_draem_trains_with_the_generator_swapped_in(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    from anomalib.models import Draem
+
+    bank_dir, _ = bank
+    textures = bank_dir / "normal"  # an existing folder, so anomalib's Draem does not try to download DTD
+    model = Draem(dtd_dir=textures, pre_processor=Draem.configure_pre_processor((32, 32)), visualizer=False)
+    model.augmenter = only_bank(bank_dir)
+    assert fit_on_bank_normals(model, bank_dir, tmp_path, steps=1).trainer.global_step == 1
+
+
+def test_draem_weak_trains_on_a_bank(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    bank_dir, _ = bank
+    model = DraemWeak(
+        generator="anogen",
+        bank_dir=bank_dir,
+        reconstructive_width=8,
+        discriminative_width=4,
+        pre_processor=DraemWeak.configure_pre_processor((32, 32)),
+        visualizer=False,
+    )
+    assert isinstance(model.augmenter, AnoGenAnomalyGenerator)
+    model.augmenter.num_workers = 0
+    engine = fit_on_bank_normals(model, bank_dir, tmp_path, steps=3)
     assert engine.trainer.global_step == 3
     assert torch.isfinite(engine.trainer.callback_metrics["train_loss_step"])
 

@@ -1,0 +1,139 @@
+"""Anomaly-bank loading speed and what the ``anogen`` generator adds to a DraemWeak training step.
+
+Prints, measured side by side in one run:
+1. bank samples/s read and resized to ``--image_size`` by DataLoader workers (``--workers``) and in-process;
+2. the time of ``generate`` for one batch: ``anogen`` vs ``perlin``;
+3. the time of one DraemWeak training step (synthesis + forward + backward + Adam) with each generator,
+   same batch, same size, interleaved, and their ratio.
+
+    python benchmarks/bench_bank.py --bank runs/bottle/bank [--image_size 256 --batch_size 8]
+    python benchmarks/bench_bank.py --smoke        # seconds; makes a small paste bank first
+
+Without ``--bank`` it makes one with ``anogen generate --backend paste`` from ../shared/data.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def make_paste_bank(output: Path, per_image: int, limit: int) -> Path:
+    """A bank from the real bottle support set with the model-free paste backend."""
+    normal = output / "normal"
+    normal.mkdir(parents=True)
+    for path in sorted((SHARED / "MVTecAD" / "bottle" / "train" / "good").glob("*.png"))[:limit]:
+        (normal / path.name).symlink_to(path)
+    bank = output / "bank"
+    command = [
+        str(Path(sys.executable).with_name("anogen")),
+        "generate",
+        "--backend", "paste",
+        "--support", str(SHARED / "support" / "bottle"),
+        "--normal", str(normal),
+        "--output", str(bank),
+        "--per_image", str(per_image),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    return bank
+
+
+def samples_per_second(bank: Path, size: int, workers: int, count: int) -> float:
+    """Read ``count`` bank samples through the generator's own read-ahead loader."""
+    from anomalib_anogen.data.generators import AnoGenAnomalyGenerator
+
+    generator = AnoGenAnomalyGenerator(bank, num_workers=workers)
+    generator.draw(8, (size, size))  # start the workers
+    started = time.perf_counter()
+    generator.draw(count, (size, size))
+    return count / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurements and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bank", type=Path, help="an anomaly bank (default: make a paste bank)")
+    parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=256, help="bank samples to read per loader measurement")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per generator")
+    parser.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
+    parser.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script works")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.batch_size, args.samples, args.steps = 64, 2, 16, 1
+        args.reconstructive_width, args.discriminative_width = 8, 4
+
+    import torch
+
+    from anomalib_anogen.models import DraemWeak
+
+    with tempfile.TemporaryDirectory() as scratch:
+        bank = args.bank or make_paste_bank(Path(scratch), per_image=1, limit=8 if args.smoke else 40)
+        size = args.image_size
+        results: dict[str, float | int | str] = {
+            "bank": str(bank),
+            "image_size": size,
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+        }
+        results[f"bank_samples_per_s_{args.workers}_workers"] = samples_per_second(
+            bank, size, args.workers, args.samples
+        )
+        results["bank_samples_per_s_in_process"] = samples_per_second(bank, size, 0, args.samples)
+
+        widths = {
+            "reconstructive_width": args.reconstructive_width,
+            "discriminative_width": args.discriminative_width,
+        }
+        models = {
+            "perlin": DraemWeak(generator="perlin", **widths),
+            "anogen": DraemWeak(generator="anogen", bank_dir=bank, **widths),
+        }
+        models["anogen"].augmenter.num_workers = args.workers
+        models["anogen"].model.load_state_dict(models["perlin"].model.state_dict())
+        images = torch.rand(args.batch_size, 3, size, size)
+        generate_times: dict[str, list[float]] = {name: [] for name in models}
+        step_times: dict[str, list[float]] = {name: [] for name in models}
+        optimizers = {name: torch.optim.Adam(model.model.parameters(), lr=1e-4) for name, model in models.items()}
+        for model in models.values():  # warm-up: workers started, kernels chosen
+            model.synthesize(images)
+        for _ in range(args.steps):
+            for name, model in models.items():
+                started = time.perf_counter()
+                synthetic = model.synthesize(images)
+                generated = time.perf_counter()
+                reconstruction, prediction = model.model(synthetic.image)
+                loss = model.loss(synthetic.target, reconstruction, synthetic.mask, prediction, synthetic.is_box)
+                optimizers[name].zero_grad()
+                loss.backward()
+                optimizers[name].step()
+                finished = time.perf_counter()
+                generate_times[name].append(generated - started)
+                step_times[name].append(finished - started)
+        for name in models:
+            results[f"generate_s_{name}"] = statistics.median(generate_times[name])
+            results[f"step_s_{name}"] = statistics.median(step_times[name])
+        results["step_ratio_anogen_over_perlin"] = results["step_s_anogen"] / results["step_s_perlin"]
+
+    print(f"{'measure':<40}{'value':>14}")
+    for name, value in results.items():
+        text = f"{value:>14.4f}" if isinstance(value, float) else f"{value!s:>14}"
+        print(f"{name:<40}{text}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
