@@ -184,6 +184,34 @@ def test_draem_weak_trains_on_a_bank(bank: tuple[Path, list[dict]], tmp_path: Pa
     assert torch.isfinite(engine.trainer.callback_metrics["train_loss_step"])
 
 
+def test_destseg_weak_trains_on_a_bank(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    from anomalib_anogen.models import DestsegWeak
+
+    bank_dir, _ = bank
+    model = DestsegWeak(
+        pretrained_weights="random",
+        generator="anogen",
+        bank_dir=bank_dir,
+        steps=2,
+        de_st_steps=1,
+        T=10,
+        pre_processor=DestsegWeak.configure_pre_processor((64, 64)),
+        visualizer=False,
+    )
+    model.augmenter.num_workers = 0
+    synthetic = model.synthesize(torch.rand(8, 3, 64, 64))
+    assert synthetic.is_box.any()
+    assert fit_on_bank_normals(model, bank_dir, tmp_path, steps=2).trainer.global_step == 2
+
+
+def test_anogen_configs_add_two_lines_to_their_base_configs() -> None:
+    for name in ("draem_weak", "destseg_weak"):
+        base = (REPO / "configs" / f"{name}.yaml").read_text().splitlines()
+        anogen = (REPO / "configs" / f"{name}_anogen.yaml").read_text().splitlines()
+        added = [line for line in anogen if line not in base and not line.lstrip().startswith("#") and line.strip()]
+        assert [line.split(":")[0].strip() for line in added] == ["generator", "bank_dir"], name
+
+
 def test_missing_bank_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(BankError, match=r"does not exist.*anogen generate"):
         DraemWeak(generator="anogen", bank_dir=tmp_path / "nowhere")
@@ -227,13 +255,6 @@ def test_generator_options_are_checked(bank: tuple[Path, list[dict]]) -> None:
     assert isinstance(build_generator("perlin"), PerlinGenerator)
     spec = {"class_path": "AnoGenAnomalyGenerator", "init_args": {"bank_dir": str(bank_dir), "num_workers": 0}}
     assert isinstance(build_generator(spec), AnoGenAnomalyGenerator)
-
-
-def test_anogen_config_adds_two_lines_to_the_base_config() -> None:
-    base = (REPO / "configs" / "draem_weak.yaml").read_text().splitlines()
-    anogen = (REPO / "configs" / "draem_weak_anogen.yaml").read_text().splitlines()
-    added = [line for line in anogen if line not in base and not line.lstrip().startswith("#") and line.strip()]
-    assert [line.split(":")[0].strip() for line in added] == ["generator", "bank_dir"]
 
 
 def test_anomalib_cli_trains_with_the_anogen_generator(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
