@@ -354,3 +354,14 @@ def test_cli_unknown_hub_backbone_offline_exits_2(
     result = run_cli(["anogen", "learn", *args], tmp_path)
     _assert_one_error_line(result, "nobody/no-such-model", "hf download", "HF_HUB_OFFLINE")
     assert not output.exists()
+
+
+def test_thread_setting_is_restored_after_the_block() -> None:
+    import torch
+
+    from anomalib_anogen.generation.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -16,6 +16,7 @@ from typing import Any
 from anomalib_anogen import __version__
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.support import LoadedPair, SupportSet, discover_support, load_support, sha256_file
+from anomalib_anogen.generation.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +147,19 @@ def learn(
     output_path = Path(output).expanduser()
     check_output(output_path, names, overwrite)
     kind, count = _plan_devices(accelerator, devices, len(names))
-    if kind == "cpu" and (threads is not None or backbone in {"tiny", "tiny-ldm"}):
-        import torch
-
-        torch.set_num_threads(threads or 1)
+    cpu_threads = (
+        (threads or 1) if kind == "cpu" and (threads is not None or backbone in {"tiny", "tiny-ldm"}) else None
+    )
 
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
     fabric.launch()
     mine = names[fabric.global_rank :: fabric.world_size]
-    written = _learn_on_rank(
-        backbone, revision, config, token, found, loaded, mine, output_path, overwrite, fabric, progress
-    )
+    with torch_threads(cpu_threads):
+        written = _learn_on_rank(
+            backbone, revision, config, token, found, loaded, mine, output_path, overwrite, fabric, progress
+        )
     fabric.barrier()
     return written
 
