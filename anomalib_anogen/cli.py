@@ -29,7 +29,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "import_embedding",
         "Convert the AnoGen authors' released embeddings.pt files into anogen's embedding format.",
     ),
+    "generate": (
+        "anomalib_anogen.generation.generate",
+        "generate",
+        "Generate anomalies into normal images at sampled boxes and write an anomaly bank.",
+    ),
+    "show": (
+        "anomalib_anogen.generation.show",
+        "show",
+        "Write a contact sheet of an anomaly bank (normal | generated with box | mask per defect type).",
+    ),
 }
+
+
+# Commands whose required arguments are positional (``anogen show BANK``); the others take ``--name value``.
+POSITIONAL: frozenset[str] = frozenset({"show"})
 
 
 def _command(name: str) -> Callable[..., Any]:
@@ -44,7 +58,7 @@ def build_parser() -> ArgumentParser:
     for name, (_, _, help_text) in COMMANDS.items():
         sub = ArgumentParser(description=help_text)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-        sub.add_function_arguments(_command(name), as_group=False)
+        sub.add_function_arguments(_command(name), as_group=False, as_positional=name in POSITIONAL)
         subcommands.add_subcommand(name, sub, help=help_text)
     return parser
 

@@ -1,0 +1,234 @@
+"""Writing an anomaly bank in the layout that :mod:`anomalib_anogen.data.bank` reads, safely against crashes.
+
+* Every file is written under a temporary name in its final folder and renamed into place, so a file with a
+  bank name is always complete.
+* A manifest record is appended (one ``write`` of one line) only after its image and mask exist; ``--resume``
+  keeps the records whose files exist with the recorded sha256, drops a torn last line, and regenerates the
+  rest. Files written but never recorded are simply replaced.
+* ``bank.json`` (written first, with ``complete: false``) holds the settings; a folder with a bank of other
+  settings is refused unless ``--overwrite``, and ``--resume`` requires the same settings.
+* When the run ends the manifest is rewritten in work order and ``bank.json`` gets the summary, so a bank
+  is byte-identical however it was interrupted or split over devices. Nothing time-dependent is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from anomalib_anogen import __version__
+from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, image_path, mask_path
+from anomalib_anogen.generation.errors import AnogenInputError
+
+logger = logging.getLogger(__name__)
+
+BANK_FORMAT = "anogen-bank/1"
+NORMAL_DIR = "normal"  # resized copies of normal images that are not at the output size
+BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, SUMMARY_NAME)  # deletion order for --overwrite
+TEMPORARY_MARK = ".tmp-"
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG encoding of a uint8 array (RGB or grey); deterministic, so equal pixels give equal files."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def settings_sha256(settings: dict[str, Any]) -> str:
+    """Hash of the settings that define a bank's content."""
+    return sha256_bytes(json.dumps(settings, sort_keys=True).encode())
+
+
+def _read_summary(output: Path) -> dict[str, Any] | None:
+    file = output / SUMMARY_NAME
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
+def check_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
+    """Decide, before any work and without writing, what happens to ``output``: ``new``, ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise AnogenInputError("--resume and --overwrite exclude each other")
+    if output.exists() and not output.is_dir():
+        raise AnogenInputError(f"{output}: --output exists and is not a folder")
+    if not output.exists() or not any(output.iterdir()):
+        if resume:
+            logger.info("%s: nothing to resume, starting a new bank", output)
+        return "new"
+    summary = _read_summary(output)
+    if summary is None and not (output / MANIFEST_NAME).exists():
+        raise AnogenInputError(f"{output}: exists, is not empty and is not an anogen bank; choose another --output")
+    old = (summary or {}).get("settings")
+    if not isinstance(old, dict):
+        if overwrite:
+            return "overwrite"
+        raise AnogenInputError(f"{output}: holds a bank without readable settings; pass --overwrite to replace it")
+    changed = _differences(old, settings)
+    if overwrite:
+        return "overwrite"
+    if changed:
+        raise AnogenInputError(
+            f"{output}: holds a bank made with other settings ({', '.join(changed)} differ); "
+            "pass --overwrite to replace it, or another --output"
+        )
+    if not resume:
+        state = "a complete" if summary and summary.get("complete") else "an unfinished"
+        raise AnogenInputError(
+            f"{output}: already holds {state} bank with these settings; pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    return "resume"
+
+
+class BankWriter:
+    """Files and manifest of one bank; every rank of a multi-device run holds one on the same folder."""
+
+    def __init__(self, output: Path, settings: dict[str, Any]) -> None:
+        self.output = output
+        self.settings = settings
+        self.manifest = output / MANIFEST_NAME
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Before the work (one rank)
+
+    def prepare(self, mode: str, order: dict[str, int]) -> None:
+        """Clear (overwrite), repair (resume) or create the bank, then mark it unfinished with its settings."""
+        if mode == "overwrite":
+            for name in BANK_PARTS:
+                path = self.output / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._remove_temporaries()
+        kept = self.valid_records(order) if mode == "resume" else []
+        write_atomic(self.manifest, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.write_summary(complete=False, records=kept)
+        if mode == "resume":
+            logger.info("%s: resuming, %d of %d records already done", self.output, len(kept), len(order))
+
+    def _remove_temporaries(self) -> None:
+        for path in self.output.rglob(f".*{TEMPORARY_MARK}*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+    def valid_records(self, order: dict[str, int]) -> list[dict[str, Any]]:
+        """Manifest records of this work list whose files exist with their recorded sha256, in work order."""
+        if not self.manifest.is_file():
+            return []
+        found: dict[str, dict[str, Any]] = {}
+        for line in self.manifest.read_bytes().decode("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                key = record["id"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line torn by a crash
+            if key in order and self._files_intact(record):
+                found[key] = record
+        return sorted(found.values(), key=lambda r: order[r["id"]])
+
+    def _files_intact(self, record: dict[str, Any]) -> bool:
+        pairs = (
+            (image_path(self.output, record["defect"], record["id"]), record.get("image_sha256")),
+            (mask_path(self.output, record["defect"], record["id"]), record.get("mask_sha256")),
+        )
+        return all(path.is_file() and sha256_bytes(path.read_bytes()) == digest for path, digest in pairs)
+
+    def done_ids(self) -> set[str]:
+        """Ids already in the (repaired) manifest."""
+        if not self.manifest.is_file():
+            return set()
+        return {json.loads(line)["id"] for line in self.manifest.read_text().splitlines() if line.strip()}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # During the work (every rank)
+
+    def normal_copy(self, stem: str, array: np.ndarray) -> tuple[str, str]:
+        """Write (once) the resized normal image a record pairs with; returns its bank-relative path and sha256."""
+        data = png_bytes(array)
+        relative = f"{NORMAL_DIR}/{stem}.png"
+        path = self.output / relative
+        digest = sha256_bytes(data)
+        if not path.is_file() or sha256_bytes(path.read_bytes()) != digest:
+            write_atomic(path, data)
+        return relative, digest
+
+    def write(self, record: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """Write image and mask atomically, then append the record (with their sha256) to the manifest."""
+        image_data, mask_data = png_bytes(image), png_bytes(mask)
+        write_atomic(image_path(self.output, record["defect"], record["id"]), image_data)
+        write_atomic(mask_path(self.output, record["defect"], record["id"]), mask_data)
+        record = {**record, "image_sha256": sha256_bytes(image_data), "mask_sha256": sha256_bytes(mask_data)}
+        line = (json.dumps(record) + "\n").encode()
+        descriptor = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)  # one write of one line: concurrent ranks never interleave on a local disk
+        finally:
+            os.close(descriptor)
+        return record
+
+    # ------------------------------------------------------------------------------------------------------------
+    # After the work (one rank)
+
+    def finish(self, order: dict[str, int]) -> list[dict[str, Any]]:
+        """Rewrite the manifest in work order and mark the bank complete (if every record is there)."""
+        records = self.valid_records(order)
+        write_atomic(self.manifest, "".join(json.dumps(r) + "\n" for r in records).encode())
+        self.write_summary(complete=len(records) == len(order), records=records)
+        return records
+
+    def write_summary(self, complete: bool, records: Iterable[dict[str, Any]]) -> None:
+        """``bank.json``: format, version, settings (and their hash), whether complete, counts per defect."""
+        per_defect: dict[str, int] = {}
+        for record in records:
+            per_defect[record["defect"]] = per_defect.get(record["defect"], 0) + 1
+        summary = {
+            "format": BANK_FORMAT,
+            "anogen_version": __version__,
+            "complete": complete,
+            "records": sum(per_defect.values()),
+            "per_defect": dict(sorted(per_defect.items())),
+            "settings_sha256": settings_sha256(self.settings),
+            "settings": self.settings,
+        }
+        write_atomic(self.output / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())

@@ -1,0 +1,141 @@
+"""Box-guided sampling on a frozen latent diffusion model: DDIM (eta 0), classifier-free guidance, blended latents.
+
+As the paper: the prompt is the defect's learned token, the sampler is DDIM with eta 0, and at every step the
+latent outside the box is replaced by the normal image's latent noised to that step (blended latent
+diffusion), so only the box is generated and it fits its surroundings. After the last step the latent
+outside the box *is* the normal image's latent.
+
+For speed, every call denoises a whole batch of boxes (of any images and defects) in one UNet call per step
+(conditional and unconditional halves together), normal latents are encoded once per image by the caller,
+and on a GPU the models run in fp16/bf16 with PyTorch's scaled-dot-product attention (diffusers' default
+attention processor on torch 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from anomalib_anogen.generation.backbones import Backbone
+
+DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 (else fp16) on a GPU, fp32 on a CPU, where half precision is slow and inexact."""
+    if device.type != "cuda":
+        return "32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+@dataclass
+class BoxBatch:
+    """What one sampler call needs per item: normal latent, box mask on the latent grid, prompt, noise seed."""
+
+    normal_latents: torch.Tensor  # [B, C, h, w], float32
+    latent_masks: torch.Tensor  # [B, 1, h, w], bool, True inside the box
+    prompt_embeds: torch.Tensor  # [B, L, D]
+    seeds: list[int]
+    masked_latents: torch.Tensor | None = (
+        None  # inpainting UNets only: latents of the normal image with the box blanked
+    )
+
+
+class BlendedSampler:
+    """DDIM + CFG + blended latent diffusion over batches of boxes on one backbone."""
+
+    def __init__(self, backbone: Backbone, steps: int, guidance: float, precision: str = "auto") -> None:
+        from diffusers import DDIMScheduler
+
+        self.backbone = backbone
+        self.device = backbone.device
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = DTYPES[self.precision]
+        if self.dtype != torch.float32:
+            for module in (backbone.unet, backbone.vae, backbone.text_encoder):
+                module.to(self.dtype)
+        self.steps = steps
+        self.guidance = guidance
+        self.scheduler = DDIMScheduler.from_config(backbone.noise_scheduler.config)
+        self.scheduler.set_timesteps(steps)
+        self._uncond: torch.Tensor | None = None
+
+    @torch.inference_mode()
+    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text-encoder states of ``prompts`` ``[n, L, D]``; each defect's prompt is embedded once by the caller."""
+        return self.backbone.encode_text(self.backbone.tokenize(prompts)).to(self.dtype)
+
+    def _unconditional(self) -> torch.Tensor:
+        if self._uncond is None:
+            self._uncond = self.embed_prompts([""])
+        return self._uncond
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB ``[B, H, W, 3]`` -> scaled latents ``[B, C, h, w]`` (posterior mean: no randomness), float32."""
+        pixels = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        posterior = self.backbone.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        return posterior.mean.float() * self.backbone.scaling_factor
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents -> uint8 RGB ``[B, H, W, 3]``."""
+        pixels = self.backbone.vae.decode((latents / self.backbone.scaling_factor).to(self.dtype)).sample
+        pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+    def latent_mask(self, masks: np.ndarray) -> torch.Tensor:
+        """Pixel box masks ``[B, H, W]`` -> latent cells that the box touches ``[B, 1, h, w]`` (bool).
+
+        A cell partly covered by the box is generated (max pooling), so a thin box still gets latent room;
+        pixel compositing (``keep_outside``) then restricts the change to the box itself.
+        """
+        factor = self.backbone.vae_scale_factor
+        tensor = torch.from_numpy(np.ascontiguousarray(masks > 0)).float().unsqueeze(1)
+        return (F.max_pool2d(tensor, factor) > 0).to(self.device)
+
+    @torch.inference_mode()
+    def sample(self, batch: BoxBatch) -> torch.Tensor:
+        """Final latents ``[B, C, h, w]`` (float32): generated inside the box, the normal latent outside."""
+        count = len(batch.seeds)
+        z0 = batch.normal_latents.to(self.device, torch.float32)
+        inside = batch.latent_masks.to(self.device)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch.seeds]
+
+        def noise() -> torch.Tensor:  # per item, from its own generator: independent of the batch it runs in
+            draws = [torch.randn(z0.shape[1:], generator=g, dtype=torch.float32) for g in generators]
+            return torch.stack(draws).to(self.device)
+
+        timesteps = self.scheduler.timesteps
+        guided = self.guidance != 1.0
+        context = batch.prompt_embeds.to(self.device, self.dtype)
+        if guided:
+            context = torch.cat([self._unconditional().expand(count, -1, -1), context])
+        extra = None
+        if self.backbone.inpainting:
+            masked = batch.masked_latents.to(self.device, torch.float32) if batch.masked_latents is not None else z0
+            extra = torch.cat([inside.float(), masked], dim=1)
+        latents = torch.where(inside, noise(), self._noised(z0, noise(), timesteps[0]))
+        for index, t in enumerate(timesteps):
+            model_input = latents if extra is None else torch.cat([latents, extra], dim=1)
+            if guided:
+                model_input = torch.cat([model_input, model_input])
+            prediction = self.backbone.unet(
+                model_input.to(self.dtype), t.to(self.device), encoder_hidden_states=context
+            ).sample.float()
+            if guided:
+                unconditional, conditional = prediction.chunk(2)
+                prediction = unconditional + self.guidance * (conditional - unconditional)
+            latents = self.scheduler.step(prediction, t, latents, eta=0.0).prev_sample
+            known = self._noised(z0, noise(), timesteps[index + 1]) if index + 1 < len(timesteps) else z0
+            latents = torch.where(inside, latents, known)
+        return latents
+
+    def _noised(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The normal latent noised to timestep ``t`` (the forward process q(z_t | z_0))."""
+        return self.scheduler.add_noise(z0, noise, t.reshape(1).repeat(len(z0)).to(z0.device))

@@ -1,0 +1,389 @@
+"""``anogen generate`` / ``anogen show``: boxes, blended sampling, paste, bank format, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomalib_anogen.cli import main as cli_main
+from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
+from anomalib_anogen.generation.boxes import (
+    DEFAULT_PRIORS,
+    BoxPrior,
+    box_mask,
+    foreground_mask,
+    load_priors,
+    sample_box,
+)
+from anomalib_anogen.generation.generate import generate
+from anomalib_anogen.generation.show import TITLE, show
+
+from .conftest import BOTTLE, REPO, SHARED, SUPPORT_BOTTLE, needs_shared_bottle, needs_shared_support
+
+pytestmark = [needs_shared_bottle(), needs_shared_support()]
+
+NORMAL = BOTTLE / "train" / "good"
+DEFECTS = ("broken_large", "broken_small", "contamination")
+FAST = {"steps": 3, "per_image": 2, "batch_size": 4, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random 'learned' embeddings for the tiny backbone, one per bottle defect, in anogen learn's format."""
+    from anomalib_anogen.generation.backbones import build_tiny
+    from anomalib_anogen.generation.embeddings import write_embedding_dir
+
+    folder = tmp_path_factory.mktemp("embeddings")
+    described = build_tiny(0).describe()
+    for index, defect in enumerate(DEFECTS):
+        vector = torch.randn(1, 32, generator=torch.Generator().manual_seed(index))
+        write_embedding_dir(folder, defect, f"<anogen-{defect}>", vector, {"backbone": described}, overwrite=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def diffusion_bank(tmp_path_factory: pytest.TempPathFactory, embeddings: Path) -> Path:
+    """2 bottle images x 3 defects x 2 records with the tiny backbone at 64 px."""
+    output = tmp_path_factory.mktemp("banks") / "diffusion"
+    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(output), max_images=2, **FAST)
+    return output
+
+
+@pytest.fixture(scope="module")
+def paste_bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 bottle images x 3 defects x 2 records with the paste backend at the images' 256 px."""
+    output = tmp_path_factory.mktemp("banks") / "paste"
+    generate(normal=str(NORMAL), backend="paste", support=str(SUPPORT_BOTTLE), output=str(output), max_images=3, **FAST)
+    return output
+
+
+def manifest(bank: Path) -> list[dict]:
+    return [json.loads(line) for line in (bank / MANIFEST_NAME).read_text().splitlines()]
+
+
+def pixels(path: Path, mode: str = "RGB") -> np.ndarray:
+    return np.asarray(Image.open(path).convert(mode))
+
+
+def source_of(bank: Path, record: dict) -> Path:
+    source = Path(record["source"])
+    return source if source.is_absolute() else bank / source
+
+
+def all_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pixels and latents
+
+
+@pytest.mark.parametrize("which", ["diffusion_bank", "paste_bank"])
+def test_outside_the_box_is_the_normal_image_exactly_and_inside_differs(which: str, request) -> None:
+    bank = request.getfixturevalue(which)
+    records = manifest(bank)
+    assert len(records) == (2 if which == "diffusion_bank" else 3) * len(DEFECTS) * 2
+    for record in records:
+        image = pixels(bank / "images" / record["defect"] / f"{record['id']}.png")
+        mask = pixels(bank / "masks" / record["defect"] / f"{record['id']}_mask.png", "L")
+        normal = pixels(source_of(bank, record))
+        assert set(np.unique(mask)) <= {0, 255} and mask.shape == image.shape[:2] == normal.shape[:2]
+        assert np.array_equal(image[mask == 0], normal[mask == 0]), record["id"]
+        assert not np.array_equal(image[mask > 0], normal[mask > 0]), record["id"]
+
+
+def test_poisson_paste_keeps_outside_exactly(tmp_path: Path) -> None:
+    output = tmp_path / "bank"
+    generate(
+        normal=str(NORMAL), backend="paste", blend="poisson", support=str(SUPPORT_BOTTLE), output=str(output),
+        max_images=1, **FAST,
+    )  # fmt: skip
+    for record in manifest(output):
+        image = pixels(output / "images" / record["defect"] / f"{record['id']}.png")
+        mask = pixels(output / "masks" / record["defect"] / f"{record['id']}_mask.png", "L")
+        assert np.array_equal(image[mask == 0], pixels(source_of(output, record))[mask == 0])
+        assert record["blend"] == "poisson" and record["backend"] == "paste"
+
+
+def test_without_keep_outside_the_final_latent_outside_the_box_is_the_normal_latent() -> None:
+    from anomalib_anogen.generation.backbones import build_tiny
+    from anomalib_anogen.generation.boxes import Box
+    from anomalib_anogen.generation.sampling import BlendedSampler, BoxBatch
+
+    model = build_tiny(0).freeze()
+    sampler = BlendedSampler(model, steps=4, guidance=10.0)
+    normal = np.asarray(Image.open(NORMAL / "000.png").convert("RGB").resize((64, 64), Image.Resampling.BICUBIC))
+    latent = sampler.encode(normal[None])
+    masks = np.stack([box_mask(Box(32, 32, 20, 12, 30.0), 64), box_mask(Box(20, 40, 10, 10, 0.0), 64)])
+    inside = sampler.latent_mask(masks)
+    batch = BoxBatch(
+        normal_latents=latent.repeat(2, 1, 1, 1),
+        latent_masks=inside,
+        prompt_embeds=sampler.embed_prompts(["defect", "scratch"]),
+        seeds=[1, 2],
+    )
+    final = sampler.sample(batch)
+    outside = ~inside.expand_as(final)
+    assert torch.equal(final[outside], latent.repeat(2, 1, 1, 1)[outside])
+    assert not torch.allclose(final[~outside], latent.repeat(2, 1, 1, 1)[~outside])
+    assert torch.equal(sampler.sample(batch), final)  # seeded per item
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Boxes
+
+
+def test_boxes_respect_the_priors_and_the_foreground_rule(paste_bank: Path, diffusion_bank: Path) -> None:
+    priors, category = load_priors(None, None, NORMAL)
+    assert category == "bottle" and set(priors) == set(DEFECTS)
+    for bank in (paste_bank, diffusion_bank):
+        for record in manifest(bank):
+            prior, box, size = priors[record["defect"]], record["box"], record["resolution"]
+            assert prior.width[0] * size - 0.01 <= box["w"] <= prior.width[1] * size + 0.01
+            assert prior.height[0] * size - 0.01 <= box["h"] <= prior.height[1] * size + 0.01
+            if not prior.rotate:
+                assert box["angle"] == 0.0
+            mask = pixels(bank / "masks" / record["defect"] / f"{record['id']}_mask.png", "L") > 0
+            share = foreground_mask(pixels(source_of(bank, record)))[mask].mean()
+            assert share >= 0.75 or record["box_fallback"], record
+            assert abs(share - record["foreground_fraction"]) < 1e-3
+
+
+def test_box_fallback_is_bounded_and_recorded() -> None:
+    foreground = np.zeros((64, 64), bool)
+    foreground[:4, :4] = True  # far too small an object
+    prior = BoxPrior((0.2, 0.3), (0.2, 0.3), True)
+    placed = sample_box(prior, 64, foreground, np.random.default_rng(0), max_tries=7)
+    assert placed.fallback and placed.tries == 7 and placed.foreground < 0.75
+    ok = sample_box(prior, 64, np.ones((64, 64), bool), np.random.default_rng(0))
+    assert not ok.fallback and ok.foreground == 1.0 and ok.tries == 1
+
+
+def test_otsu_foreground_of_the_bottle_is_the_bottle() -> None:
+    mask = foreground_mask(pixels(NORMAL / "000.png"))
+    assert 0.4 < mask.mean() < 0.8 and mask[128, 128] and not mask[0, 0]
+
+
+def test_shipped_priors_are_the_papers_with_booleans() -> None:
+    shipped = json.loads((REPO / "configs" / "anogen" / "mvtec_box_ranges.json").read_text())
+    assert shipped == json.loads(DEFAULT_PRIORS.read_text())
+    reference = SHARED / "anogen_reference" / "mvtec_box_ranges.json"
+    if reference.is_file():
+        original = json.loads(reference.read_text())
+        assert {c: {d: [v[0], v[1], v[2] == "True"] for d, v in t.items()} for c, t in original.items()} == shipped
+    assert shipped["bottle"]["broken_small"][2] is False and shipped["bottle"]["broken_large"][2] is True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Determinism, crash safety
+
+
+def test_same_seed_same_bank_other_seed_other_bank(tmp_path: Path, embeddings: Path, diffusion_bank: Path) -> None:
+    again = tmp_path / "again"
+    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(again), max_images=2, **FAST)
+    assert all_files(again) == all_files(diffusion_bank)
+    other = tmp_path / "other"
+    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(other), max_images=2, seed=1, **FAST)
+    assert (
+        all_files(other)["images/broken_large/000_broken_large_00.png"]
+        != all_files(diffusion_bank)["images/broken_large/000_broken_large_00.png"]
+    )
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_bank(tmp_path: Path, embeddings: Path) -> None:
+    options = {"max_images": 4, "steps": 12, "per_image": 2, "batch_size": 2}
+    whole = tmp_path / "whole"
+    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(whole), progress=False, **options)
+    killed = tmp_path / "killed"
+    command = [str(Path(sys.executable).with_name("anogen")), "generate", "--normal", str(NORMAL)]
+    command += ["--embeddings", str(embeddings), "--output", str(killed), "--progress", "false"]
+    command += [item for key, value in options.items() for item in (f"--{key}", str(value))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            manifest_file = killed / MANIFEST_NAME
+            if manifest_file.is_file() and len(manifest_file.read_bytes().splitlines()) >= 5:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    written = len((killed / MANIFEST_NAME).read_bytes().splitlines())
+    assert 5 <= written < 24
+    assert not json.loads((killed / SUMMARY_NAME).read_text())["complete"]
+    assert cli_main(["generate", *command[2:], "--resume", "true"]) == 0
+    assert all_files(killed) == all_files(whole)
+    assert len(load_bank(killed)) == 24
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Readers of the bank
+
+
+def test_bank_reader_and_anogen_generator_use_the_bank(diffusion_bank: Path) -> None:
+    from anomalib_anogen.data.generators import AnoGenAnomalyGenerator
+
+    records = load_bank(diffusion_bank)
+    assert len(records) == 12 and {r.defect for r in records} == set(DEFECTS)
+    assert all(r.source.is_file() and r.source.parent.name == "normal" for r in records)
+    generator = AnoGenAnomalyGenerator(diffusion_bank, num_workers=0, bank_probability=1.0, clean_share=0.0)
+    torch.manual_seed(0)
+    synthetic = generator.generate(torch.rand(4, 3, 64, 64))
+    assert synthetic.image.shape == (4, 3, 64, 64) and synthetic.mask.shape == (4, 1, 64, 64)
+    assert synthetic.is_box.all() and (synthetic.mask.flatten(1).sum(1) > 0).all()
+
+
+def test_anomalib_folder_datamodule_reads_images_with_masks(paste_bank: Path) -> None:
+    from anomalib.data import Folder
+
+    datamodule = Folder(
+        name="bank",
+        root=paste_bank,
+        normal_dir=NORMAL,
+        abnormal_dir=[f"images/{d}" for d in DEFECTS],
+        mask_dir=[f"masks/{d}" for d in DEFECTS],
+        num_workers=0,
+        eval_batch_size=4,
+        val_split_mode="same_as_test",
+    )
+    datamodule.setup()
+    samples = datamodule.test_data.samples
+    abnormal = samples[samples.label_index == 1]
+    assert len(abnormal) == len(manifest(paste_bank))
+    for row in abnormal.itertuples():
+        assert Path(row.mask_path).name == Path(row.image_path).stem + "_mask.png"
+    item = datamodule.test_data[int(np.flatnonzero(samples.label_index.to_numpy() == 1)[0])]
+    assert item.gt_mask is not None and item.gt_mask.any()
+
+
+def test_contact_sheet_has_the_expected_size(paste_bank: Path, tmp_path: Path) -> None:
+    sheet = show(str(paste_bank), output=str(tmp_path / "sheet.png"), per_defect=2, cell=40)
+    assert Image.open(sheet).size == (3 * 40, len(DEFECTS) * (TITLE + 2 * 40))
+    assert cli_main(["show", str(paste_bank), "--output", str(tmp_path / "s.png"), "--per_defect", "9"]) == 0
+    assert Image.open(tmp_path / "s.png").size == (3 * 128, len(DEFECTS) * (TITLE + 6 * 128))  # 6 per defect
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def run_bad(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anogen generate: error:"), err
+    return err[0]
+
+
+def paste_args(output: Path, *extra: str) -> list[str]:
+    base = ["generate", "--backend", "paste", "--support", str(SUPPORT_BOTTLE), "--normal", str(NORMAL)]
+    return [*base, "--output", str(output), "--max_images", "1", "--per_image", "1", "--progress", "false", *extra]
+
+
+def write_priors(path: Path, table: dict) -> Path:
+    path.write_text(json.dumps(table))
+    return path
+
+
+BOTTLE_PRIORS = {
+    "broken_large": [[0.2, 0.25], [0.25, 0.8], True],
+    "broken_small": [[0.15, 0.25], [0.15, 0.25], False],
+    "contamination": [[0.2, 0.4], [0.2, 0.4], "True"],
+}
+
+
+def test_priors_naming_a_defect_without_embedding(tmp_path: Path, embeddings: Path, capsys) -> None:
+    partial = tmp_path / "embeddings"
+    partial.mkdir()
+    for defect in DEFECTS[:2]:
+        (partial / defect).symlink_to(embeddings / defect)
+    output = tmp_path / "out"
+    args = ["generate", "--normal", str(NORMAL), "--embeddings", str(partial), "--output", str(output)]
+    assert "contamination without an embedding" in run_bad(args, capsys)
+    assert not output.exists()
+
+
+def test_embedding_without_prior_and_unknown_defect_in_users_priors(tmp_path: Path, capsys) -> None:
+    two = write_priors(tmp_path / "two.json", {k: v for k, v in BOTTLE_PRIORS.items() if k != "contamination"})
+    assert "contamination have an support anomaly" in run_bad(paste_args(tmp_path / "a", "--priors", str(two)), capsys)
+    four = write_priors(tmp_path / "four.json", {**BOTTLE_PRIORS, "scratch": [[0.1, 0.2], [0.1, 0.2], False]})
+    assert "scratch without an support anomaly" in run_bad(paste_args(tmp_path / "b", "--priors", str(four)), capsys)
+    bad = write_priors(tmp_path / "bad.json", {**BOTTLE_PRIORS, "broken_small": [[0.1, 0.2], [0.1, 0.2], "maybe"]})
+    assert "rotate must be true or false" in run_bad(paste_args(tmp_path / "c", "--priors", str(bad)), capsys)
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_box_prior_larger_than_the_image(tmp_path: Path, capsys) -> None:
+    big = write_priors(tmp_path / "big.json", {**BOTTLE_PRIORS, "broken_large": [[0.2, 1.5], [0.2, 0.3], True]})
+    assert "larger than the image" in run_bad(paste_args(tmp_path / "out", "--priors", str(big)), capsys)
+
+
+def test_empty_normal_folder_and_non_image(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = paste_args(tmp_path / "out")
+    args[args.index("--normal") + 1] = str(empty)
+    assert "no normal images found" in run_bad(args, capsys)
+    (empty / "notes.txt").write_text("x")
+    assert "not an image file" in run_bad(args, capsys)
+
+
+def test_mixed_sizes_are_resized_and_recorded(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "good"
+    folder.mkdir()
+    Image.open(NORMAL / "000.png").save(folder / "a.png")
+    Image.open(NORMAL / "001.png").resize((200, 180)).save(folder / "b.png")
+    output = tmp_path / "bank"
+    generate(
+        normal=str(folder), backend="paste", support=str(SUPPORT_BOTTLE), output=str(output), category="bottle", **FAST
+    )
+    assert "are resized to 256x256" in caplog.text
+    records = {r["source"]: r for r in manifest(output)}
+    assert str((folder / "a.png").resolve()) in records and "normal/b.png" in records
+    assert pixels(output / "normal" / "b.png").shape == (256, 256, 3)
+    assert len(load_bank(output)) == 12
+
+
+def test_output_with_another_bank_is_refused_unless_overwrite(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "bank"
+    assert cli_main(paste_args(output)) == 0
+    before = all_files(output)
+    assert "other settings (seed differ)" in run_bad(paste_args(output, "--seed", "5"), capsys)
+    assert "other settings (seed differ)" in run_bad(paste_args(output, "--seed", "5", "--resume", "true"), capsys)
+    assert "--resume to continue" in run_bad(paste_args(output), capsys)
+    assert all_files(output) == before  # nothing touched
+    assert cli_main(paste_args(output, "--resume", "true")) == 0  # complete, same settings: nothing to do
+    assert all_files(output) == before
+    assert cli_main(paste_args(output, "--seed", "5", "--overwrite", "true")) == 0
+    assert json.loads((output / SUMMARY_NAME).read_text())["settings"]["seed"] == 5
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "thesis.tex").write_text("x")
+    assert "is not an anogen bank" in run_bad(paste_args(stranger, "--overwrite", "true"), capsys)
+    assert (stranger / "thesis.tex").is_file()
+
+
+def test_cli_help_lists_the_options(tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    result = run_cli(["anogen", "generate", "--help"], cwd=tmp_path)
+    assert result.returncode == 0 and "--keep_outside" in result.stdout and "--batch_size" in result.stdout
+
+
+def test_bottle_config_runs_with_the_paste_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    config = REPO / "configs" / "anogen" / "generate_bottle.yaml"
+    output = tmp_path / "bank"
+    args = ["generate", "--config", str(config), "--backend", "paste", "--output", str(output)]
+    assert cli_main([*args, "--max_images", "1", "--per_image", "1", "--progress", "false"]) == 0
+    assert len(load_bank(output)) == len(DEFECTS)
