@@ -1,8 +1,16 @@
-"""End-to-end demo on 2 CPU cores, offline: train DraemWeak, test, export to OpenVINO, predict.
+"""End-to-end AnoGen demo on 2 CPU cores, offline.
 
-Data: the real MVTec AD bottle category from ``../shared/data/MVTecAD`` when it is there,
-otherwise a small MVTec-layout dataset that ``anomalib_anogen.data.toy`` makes. DTD textures
-come from ``../shared/data/dtd/images`` when present (Perlin noise alone otherwise).
+1. learn one anomaly embedding per defect type from the 3-shot support set (``anogen learn``);
+2. generate a small anomaly bank into normal training images (``anogen generate``);
+3. draw its contact sheet (``anogen show``);
+4. train ``DraemWeak`` with the ``anogen`` generator, test it (anomalib's metrics),
+5. export it to OpenVINO and run the OpenVINO model on every test image, against torch.
+
+Data: MVTec AD bottle and its support set from ``../shared/data`` when present, otherwise a
+small MVTec-layout dataset that ``anomalib_anogen.data.toy`` makes (its own test anomalies
+then serve as the support set). The backbone is the built-in random-weight ``tiny`` unless
+``--backbone`` names a real diffusers/LDM model you have locally; with ``tiny`` the embeddings
+and the generated defects are mechanically right but not realistic.
 Run ``python -m anomalib_anogen.demo --help`` for the knobs.
 """
 
@@ -30,23 +38,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--discriminative_width", type=int, default=16, help="DRAEM: 64")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="DRAEM: 1e-4 over 700 epochs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone", default="tiny", help="tiny (random weights) or a local diffusers/LDM model")
+    parser.add_argument("--learn_steps", type=int, default=150, help="textual-inversion steps per defect")
+    parser.add_argument("--bank_images", type=int, default=24, help="normal images that receive anomalies")
+    parser.add_argument("--ddim_steps", type=int, default=10, help="DDIM steps per generated anomaly (paper: 50)")
     return parser.parse_args(argv)
 
 
-def pick_data(shared: Path, output: Path) -> tuple[Path, str, Path | None]:
-    """Return (MVTec root, category, DTD folder or None), making toy data when the real data is absent."""
+def pick_data(shared: Path, output: Path) -> tuple[Path, str, Path, Path | None]:
+    """Return (MVTec root, category, support set, DTD folder or None), making toy data when the real data is absent."""
     bottle = shared / "MVTecAD" / "bottle"
+    support = shared / "support" / "bottle"
     dtd = shared / "dtd" / "images"
-    if (bottle / "train" / "good").is_dir():
-        print(f"data: real MVTec AD bottle from {bottle}")
-        return shared / "MVTecAD", "bottle", dtd if dtd.is_dir() else None
+    if (bottle / "train" / "good").is_dir() and support.is_dir():
+        print(f"data: real MVTec AD bottle from {bottle}, support set {support}")
+        return shared / "MVTecAD", "bottle", support, dtd if dtd.is_dir() else None
     from anomalib_anogen.data.toy import make_toy_category
 
     root = output / "toy_data"
     if not (root / "toy_bottle").is_dir():
         make_toy_category(root, size=128, n_train=48, n_test_good=8, n_test_per_defect=6)
     print(f"data: {bottle} not found, using the generated toy category in {root / 'toy_bottle'}")
-    return root, "toy_bottle", dtd if dtd.is_dir() else None
+    return root, "toy_bottle", root / "toy_bottle", dtd if dtd.is_dir() else None
+
+
+def toy_priors(output: Path) -> Path:
+    """Box priors for the toy category's defect types (the shipped ones cover MVTec AD only)."""
+    from anomalib_anogen.data.toy import DEFECT_TYPES
+
+    path = output / "toy_priors.json"
+    path.write_text(json.dumps({defect: [[0.1, 0.3], [0.1, 0.3], True] for defect in DEFECT_TYPES}))
+    return path
 
 
 def write_prediction_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]], path: Path) -> None:
@@ -87,13 +109,50 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.pytorch import seed_everything
     from PIL import Image
 
+    from anomalib_anogen.generation.generate import generate
+    from anomalib_anogen.generation.learn import learn
+    from anomalib_anogen.generation.show import show
     from anomalib_anogen.models import DraemWeak
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     seed_everything(args.seed, workers=True)
     output = args.output.resolve()
-    root, category, dtd_dir = pick_data(args.shared, output)
-    print(f"anomaly source: {'DTD textures from ' + str(dtd_dir) if dtd_dir else 'Perlin noise alone'}")
+    root, category, support, dtd_dir = pick_data(args.shared, output)
+    print(
+        f"backbone: {args.backbone}" + (" (built-in, random weights: no download)" if args.backbone == "tiny" else "")
+    )
+    print(f"Perlin fallback: {'DTD textures from ' + str(dtd_dir) if dtd_dir else 'Perlin noise alone'}")
+
+    print(f"[1/7] anogen learn: {args.learn_steps} steps per defect type from {support}")
+    embeddings = output / "embeddings"
+    learn(
+        support=str(support),
+        output=str(embeddings),
+        backbone=args.backbone,
+        shots=None if category == "bottle" else 3,
+        steps=args.learn_steps,
+        seed=args.seed,
+        overwrite=True,
+    )
+
+    print(f"[2/7] anogen generate: {args.bank_images} normal images x every defect type, {args.ddim_steps} DDIM steps")
+    bank = output / "bank"
+    generate(
+        normal=str(root / category / "train" / "good"),
+        output=str(bank),
+        embeddings=str(embeddings),
+        backbone=args.backbone,
+        priors=None if category == "bottle" else str(toy_priors(output)),
+        per_image=2,
+        samples_per_box=1,
+        steps=args.ddim_steps,
+        seed=args.seed,
+        max_images=args.bank_images,
+        overwrite=True,
+    )
+
+    print("[3/7] anogen show: contact sheet of the bank")
+    sheet = show(bank=str(bank), output=str(output / "bank_sheet.png"), per_defect=3)
+    print(f"  {sheet}")
 
     size = (args.image_size, args.image_size)
     datamodule = MVTecAD(
@@ -106,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = DraemWeak(
         dtd_dir=dtd_dir,
+        generator="anogen",
+        bank_dir=bank,
         reconstructive_width=args.reconstructive_width,
         discriminative_width=args.discriminative_width,
         learning_rate=args.learning_rate,
@@ -120,16 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         check_val_every_n_epoch=args.epochs,
         enable_checkpointing=True,
     )
-    print(f"[1/4] training DraemWeak for {args.epochs} epochs at {args.image_size} px on {category}")
+    print(f"[4/7] training DraemWeak (generator anogen) for {args.epochs} epochs at {args.image_size} px on {category}")
     engine.fit(model=model, datamodule=datamodule)
 
-    print("[2/4] testing")
+    print("[5/7] testing")
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     print("test metrics:")
     for name in sorted(metrics):
         print(f"  {name:<16} {metrics[name]:.4f}")
 
-    print("[3/4] exporting to OpenVINO (FP32)")
+    print("[6/7] exporting to OpenVINO (FP32)")
     xml_path = Path(
         engine.export(
             model=model,
@@ -141,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {xml_path}")
 
-    print("[4/4] OpenVINO inference on the test images")
+    print("[7/7] OpenVINO inference on the test images")
     inferencer = OpenVINOInferencer(path=xml_path, device="CPU")
     test_images = sorted(path for path in (root / category / "test").rglob("*.png"))
     model.eval()
@@ -169,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         "data": str(root / category),
+        "backbone": args.backbone,
+        "bank": str(bank),
+        "bank_sheet": str(sheet),
         "image_size": args.image_size,
         "epochs": args.epochs,
         "metrics": {name: float(value) for name, value in metrics.items()},

@@ -9,13 +9,13 @@ Prints, measured side by side in one run:
     python benchmarks/bench_bank.py --bank runs/bottle/bank [--image_size 256 --batch_size 8]
     python benchmarks/bench_bank.py --smoke        # seconds; makes a small paste bank first
 
-Without ``--bank`` it makes one with ``anogen generate --backend paste`` from ../shared/data.
+Without ``--bank`` it makes one with ``anogen generate --backend paste`` from ../shared/data (40 normal
+images x 3 defect types).
 """
 
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,24 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
-def make_paste_bank(output: Path, per_image: int, limit: int) -> Path:
-    """A bank from the real bottle support set with the model-free paste backend."""
-    normal = output / "normal"
-    normal.mkdir(parents=True)
-    for path in sorted((SHARED / "MVTecAD" / "bottle" / "train" / "good").glob("*.png"))[:limit]:
-        (normal / path.name).symlink_to(path)
-    bank = output / "bank"
-    command = [
-        str(Path(sys.executable).with_name("anogen")),
-        "generate",
-        "--backend", "paste",
-        "--support", str(SHARED / "support" / "bottle"),
-        "--normal", str(normal),
-        "--output", str(bank),
-        "--per_image", str(per_image),
-    ]  # fmt: skip
-    subprocess.run(command, check=True)
-    return bank
+def make_paste_bank(output: Path, limit: int) -> Path:
+    """A bank from the real bottle support set with the model-free paste backend (``anogen generate``)."""
+    from anomalib_anogen.generation.generate import generate
+
+    return generate(
+        normal=str(SHARED / "MVTecAD" / "bottle" / "train" / "good"),
+        output=str(output / "bank"),
+        backend="paste",
+        support=str(SHARED / "support" / "bottle"),
+        per_image=1,
+        samples_per_box=1,
+        max_images=limit,
+        progress=False,
+    )
 
 
 def samples_per_second(bank: Path, size: int, workers: int, count: int) -> float:
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib_anogen.models import DraemWeak
 
     with tempfile.TemporaryDirectory() as scratch:
-        bank = args.bank or make_paste_bank(Path(scratch), per_image=1, limit=8 if args.smoke else 40)
+        bank = args.bank or make_paste_bank(Path(scratch), limit=8 if args.smoke else 40)
         size = args.image_size
         results: dict[str, float | int | str] = {
             "bank": str(bank),

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Set up a fresh machine and run the lint and the test suite.
+# Set up a fresh machine and run the lint, the test suite and the benchmarks' smoke runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check anomalib_anogen tests benchmarks
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+# Benchmarks never run in the test suite; --smoke only checks, in seconds, that each still works.
+.venv/bin/python benchmarks/bench_startup.py --smoke
+if [ -d ../shared/data/support/bottle ]; then
+    .venv/bin/python benchmarks/bench_bank.py --smoke
+fi
