@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.data.transforms.utils import extract_transforms_by_type
 from anomalib.metrics import Evaluator
@@ -29,7 +28,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_anogen.data.generators import build_generator, generate_batch
 from anomalib_anogen.data.synthetic import SyntheticBatch
-from anomalib_anogen.metrics import anogen_evaluator
+from anomalib_anogen.models.components import SyntheticAnomalyModel
 
 from .loss import DestsegLoss
 from .torch_model import WEIGHTS_HINT, DestsegModel
@@ -73,7 +72,7 @@ def validate_probability_and_rates(anomaly_probability: float, rates: dict[str, 
             raise ValueError(msg)
 
 
-class DestsegTraining:
+class DestsegTraining(SyntheticAnomalyModel):
     """Synthesis, two-phase training, inference hooks and trainer settings shared by the DeSTSeg models."""
 
     model: DestsegModel
@@ -198,16 +197,6 @@ class DestsegTraining:
     def trainer_arguments(self) -> dict[str, Any]:
         """Train for ``steps`` optimiser steps in all; no sanity validation."""
         return {"max_steps": self.steps, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trains on normal images only, anomalies are synthesized."""
-        return LearningType.ONE_CLASS
-
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Image and pixel AUROC, AP and F1, plus pixel AUPRO: the metrics AnoGen reports."""
-        return anogen_evaluator()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:

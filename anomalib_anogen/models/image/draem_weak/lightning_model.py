@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -23,7 +22,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 
 from anomalib_anogen.data.generators import build_generator, generate_batch
 from anomalib_anogen.data.synthetic import SyntheticBatch
-from anomalib_anogen.metrics import anogen_evaluator
+from anomalib_anogen.models.components import SyntheticAnomalyModel
 
 from .loss import DraemWeakLoss, WeakScope
 from .torch_model import DEFAULT_DISCRIMINATIVE_WIDTH, DEFAULT_RECONSTRUCTIVE_WIDTH, DraemWeakModel
@@ -31,7 +30,7 @@ from .torch_model import DEFAULT_DISCRIMINATIVE_WIDTH, DEFAULT_RECONSTRUCTIVE_WI
 __all__ = ["DraemWeak"]
 
 
-class DraemWeak(AnomalibModule):
+class DraemWeak(SyntheticAnomalyModel, AnomalibModule):
     """DRAEM with AnoGen's weak (box-level) supervision.
 
     Args:
@@ -132,16 +131,6 @@ class DraemWeak(AnomalibModule):
     validation_step = Draem.validation_step
     on_train_start = Draem.on_train_start
     trainer_arguments = Draem.trainer_arguments
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trains on normal images only, anomalies are synthesized."""
-        return LearningType.ONE_CLASS
-
-    @staticmethod
-    def configure_evaluator() -> Evaluator:
-        """Image and pixel AUROC, AP and F1, plus pixel AUPRO: the metrics AnoGen reports."""
-        return anogen_evaluator()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
