@@ -13,32 +13,13 @@ Without ``--bank`` it makes one with ``anogen generate --backend paste`` from ..
 images x 3 defect types).
 """
 
-import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-
-
-def make_paste_bank(output: Path, limit: int) -> Path:
-    """A bank from the real bottle support set with the model-free paste backend (``anogen generate``)."""
-    from anomalib_anogen.generation.generate import generate
-
-    return generate(
-        normal=str(SHARED / "MVTecAD" / "bottle" / "train" / "good"),
-        output=str(output / "bank"),
-        backend="paste",
-        support=str(SHARED / "support" / "bottle"),
-        per_image=1,
-        samples_per_box=1,
-        max_images=limit,
-        progress=False,
-    )
+from _common import make_paste_bank, parser, report
 
 
 def samples_per_second(bank: Path, size: int, workers: int, count: int) -> float:
@@ -54,18 +35,16 @@ def samples_per_second(bank: Path, size: int, workers: int, count: int) -> float
 
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bank", type=Path, help="an anomaly bank (default: make a paste bank)")
-    parser.add_argument("--image_size", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=256, help="bank samples to read per loader measurement")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per generator")
-    parser.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
-    parser.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script works")
-    args = parser.parse_args(argv)
+    parser_ = parser(__doc__)
+    parser_.add_argument("--bank", type=Path, help="an anomaly bank (default: make a paste bank)")
+    parser_.add_argument("--image_size", type=int, default=256)
+    parser_.add_argument("--batch_size", type=int, default=8)
+    parser_.add_argument("--workers", type=int, default=2)
+    parser_.add_argument("--samples", type=int, default=256, help="bank samples to read per loader measurement")
+    parser_.add_argument("--steps", type=int, default=3, help="timed training steps per generator")
+    parser_.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
+    parser_.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
+    args = parser_.parse_args(argv)
     if args.smoke:
         args.image_size, args.batch_size, args.samples, args.steps = 64, 2, 16, 1
         args.reconstructive_width, args.discriminative_width = 8, 4
@@ -75,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib_anogen.models import DraemWeak
 
     with tempfile.TemporaryDirectory() as scratch:
-        bank = args.bank or make_paste_bank(Path(scratch), limit=8 if args.smoke else 40)
+        bank = args.bank or make_paste_bank(Path(scratch) / "bank", limit=8 if args.smoke else 40)
         size = args.image_size
         results: dict[str, float | int | str] = {
             "bank": str(bank),
@@ -122,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"step_s_{name}"] = statistics.median(step_times[name])
         results["step_ratio_anogen_over_perlin"] = results["step_s_anogen"] / results["step_s_perlin"]
 
-    print(f"{'measure':<40}{'value':>14}")
-    for name, value in results.items():
-        text = f"{value:>14.4f}" if isinstance(value, float) else f"{value!s:>14}"
-        print(f"{name:<40}{text}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, args.json)
     return 0
 
 
