@@ -126,6 +126,7 @@ class BankWriter:
         self.output = output
         self.settings = settings
         self.manifest = output / MANIFEST_NAME
+        self._normal_copies: dict[str, tuple[str, str]] = {}  # stem -> (path, sha256): encode each normal once
 
     # ------------------------------------------------------------------------------------------------------------
     # Before the work (one rank)
@@ -185,12 +186,15 @@ class BankWriter:
 
     def normal_copy(self, stem: str, array: np.ndarray) -> tuple[str, str]:
         """Write (once) the resized normal image a record pairs with; returns its bank-relative path and sha256."""
+        if stem in self._normal_copies:  # every record of a normal image pairs with the same resized copy
+            return self._normal_copies[stem]
         data = png_bytes(array)
         relative = f"{NORMAL_DIR}/{stem}.png"
         path = self.output / relative
         digest = sha256_bytes(data)
         if not path.is_file() or sha256_bytes(path.read_bytes()) != digest:
             write_atomic(path, data)
+        self._normal_copies[stem] = relative, digest
         return relative, digest
 
     def write(self, record: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
