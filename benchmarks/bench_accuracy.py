@@ -1,0 +1,655 @@
+"""Accuracy on real MVTec AD bottle: anomalib's Draem vs DraemWeak with an anomaly bank (and DeSTSeg).
+
+Every model trains with the same seeds, steps, image size and batch size through anomalib's
+``Engine`` on ``../shared/data/MVTecAD`` (category bottle; the 9 support anomalies are not in its
+test set) and is tested with the plugin's ``Evaluator`` (anomalib's AUROC, AUPR, AUPRO). Rows:
+
+1. ``Draem``: anomalib's stock model (Perlin + the local DTD subset, its own loss).
+2. ``DraemWeak perlin``: same generator, DraemWeak's loss, no bank (ablation of the loss).
+3. ``DraemWeak + paste bank``: generator ``anogen`` on a bank that ``anogen generate --backend paste``
+   makes from the 3-shot support set (real support anomalies pasted into normal training images).
+4. ``DraemWeak + diffusion bank``: only with ``--diffusion_bank`` or ``--backbone`` + ``--embeddings``
+   (real local diffusers/LDM weights); otherwise skipped, with the reason.
+5. ``Destseg`` and ``DestsegWeak + paste bank`` (+ diffusion bank): only with ``--destseg_teacher``
+   (local ImageNet ResNet-18 weights); otherwise skipped (a random teacher is not DeSTSeg).
+
+Table: mean and sample standard deviation (n - 1) over the seeds of image AUROC/AP and pixel
+AUROC/AP/PRO, and the target check: pixel AP of ``DraemWeak + paste bank`` minus that of ``Draem``
+against the larger of the two standard deviations.
+
+Schedules. CPU (default there): a reduced schedule, printed as such - 128 px, DRAEM widths 16/8
+instead of 128/64 (anomalib's ``Draem`` gets the same reduced network: its ``.model`` is swapped for
+anomalib's DRAEM sub-networks at those widths), Adam lr 1e-3 for every DRAEM row, 200 steps of
+batch 8 (7.7 epochs); about 1.4 s a step on one busy core: 3 rows x 3 seeds in under an hour.
+GPU: the paper's schedule (DRAEM 700 epochs = 18,900 steps of batch 8 on bottle's 209 images,
+full widths, lr 1e-4; DeSTSeg 5,000 steps, 1,000 of them for the student), scaled down to fit
+``--max_minutes`` when given (a short timed probe estimates the rate; the share run is printed).
+
+Resumable: each finished (model, seed) is stored in ``--workdir``/results.json under a key of
+every setting that affects it, and is skipped on a rerun with the same settings. Banks are kept in
+``--workdir`` too; Engine logs and checkpoints go to a temporary folder.
+
+    python benchmarks/bench_accuracy.py --json /tmp/bench_accuracy.json      # reduced CPU schedule
+    python benchmarks/bench_accuracy.py --destseg_teacher weights/resnet18.pth --device cuda --max_minutes 25
+    python benchmarks/bench_accuracy.py --smoke     # seconds-scale check of every code path (random teacher)
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, SHARED, make_paste_bank, parser, report
+
+MVTEC = SHARED / "MVTecAD"
+CATEGORY = "bottle"
+DTD = SHARED / "dtd" / "images"
+SUPPORT = SHARED / "support" / CATEGORY
+TRAIN_IMAGES = 209  # bottle/train/good
+
+# Evaluator metric name -> column name.
+METRICS = {
+    "image_AUROC": "image AUROC",
+    "image_AUPR": "image AP",
+    "pixel_AUROC": "pixel AUROC",
+    "pixel_AUPR": "pixel AP",
+    "pixel_AUPRO": "pixel PRO",
+}
+
+PAPER = {"draem_epochs": 700, "draem_lr": 1e-4, "destseg_steps": 5000, "destseg_student_steps": 1000}
+CPU_DEFAULTS = {
+    "image_size": 128,
+    "steps": 200,
+    "reconstructive_width": 16,
+    "discriminative_width": 8,
+    "learning_rate": 1e-3,
+    "destseg_steps": 500,
+    "destseg_student_steps": 100,
+    "workers": 1,
+}
+GPU_DEFAULTS = {
+    "image_size": 256,
+    "steps": PAPER["draem_epochs"] * math.ceil(TRAIN_IMAGES / 8),  # batch 8
+    "reconstructive_width": 128,
+    "discriminative_width": 64,
+    "learning_rate": PAPER["draem_lr"],
+    "destseg_steps": PAPER["destseg_steps"],
+    "destseg_student_steps": PAPER["destseg_student_steps"],
+    "workers": 8,
+}
+SMOKE = {
+    "image_size": 64,
+    "steps": 2,
+    "batch_size": 2,
+    "reconstructive_width": 8,
+    "discriminative_width": 4,
+    "learning_rate": 1e-3,
+    "destseg_steps": 2,
+    "destseg_student_steps": 1,
+    "paste_images": 4,
+    "seeds": [0],
+    "threads": 1,
+    "workers": 0,
+}
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    """Command line; ``None`` defaults are filled in per device by ``fill_schedule``."""
+    p = parser(__doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    p.add_argument("--steps", type=int, help="DRAEM-row training steps (CPU: 200; GPU: 700 epochs = 18900)")
+    p.add_argument("--image_size", type=int, help="square input side, a multiple of 32 (CPU: 128; GPU: 256)")
+    p.add_argument("--batch_size", type=int, default=8, help="training batch (DRAEM: 8)")
+    p.add_argument("--reconstructive_width", type=int, help="DRAEM reconstructive width (CPU: 16; DRAEM: 128)")
+    p.add_argument("--discriminative_width", type=int, help="DRAEM discriminative width (CPU: 8; DRAEM: 64)")
+    p.add_argument("--learning_rate", type=float, help="Adam lr of every DRAEM row (CPU: 1e-3; DRAEM: 1e-4)")
+    p.add_argument("--destseg_steps", type=int, help="DeSTSeg steps (CPU: 500; DeSTSeg: 5000)")
+    p.add_argument("--destseg_student_steps", type=int, help="of which student phase (CPU: 100; DeSTSeg: 1000)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max_minutes", type=float, help="scale the steps down so that all runs fit (timed probe)")
+    p.add_argument("--workers", type=int, help="DataLoader workers for images and for the bank (CPU: 1; GPU: 8)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: 1 when the load average shows other jobs on the CPU - 2 threads then "
+        "run several times slower - else torch's default)",
+    )
+    p.add_argument("--workdir", type=Path, help="results.json and banks (default runs/bench_accuracy)")
+    p.add_argument("--paste_images", type=int, default=TRAIN_IMAGES, help="normal images of the paste bank")
+    p.add_argument("--paste_per_image", type=int, default=1, help="paste anomalies per image and defect type")
+    p.add_argument("--diffusion_bank", type=Path, help="an existing bank made with the diffusion backend")
+    p.add_argument("--backbone", help="local diffusers/LDM model: make a diffusion bank with --embeddings")
+    p.add_argument("--embeddings", type=Path, help="anogen embeddings for --backbone (anogen learn/import-embedding)")
+    p.add_argument("--diffusion_images", type=int, help="normal images of the diffusion bank (default: all)")
+    p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps of the diffusion bank (paper: 50)")
+    p.add_argument("--destseg_teacher", help="local ImageNet ResNet-18 weights for the DeSTSeg teacher")
+    return p.parse_args(argv)
+
+
+def fill_schedule(args: Any, device: str) -> list[str]:
+    """Fill unset options with the device's (or the smoke run's) defaults; return notes to print."""
+    if args.smoke:
+        for name, value in SMOKE.items():
+            setattr(args, name, value)
+        return [
+            "SMOKE run: 64 px, tiny networks, 2 steps, 1 seed, random DeSTSeg teacher, tiny diffusion model; "
+            "the numbers mean nothing"
+        ]
+    defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
+    if device == "cuda" and args.steps is None:  # 700 epochs at the batch size given
+        args.steps = PAPER["draem_epochs"] * math.ceil(TRAIN_IMAGES / args.batch_size)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    notes = []
+    full = (
+        args.image_size >= 256
+        and args.reconstructive_width == 128
+        and args.discriminative_width == 64
+        and args.learning_rate == PAPER["draem_lr"]
+        and args.steps >= PAPER["draem_epochs"] * math.ceil(TRAIN_IMAGES / args.batch_size)
+    )
+    if not full:
+        notes.append(
+            f"REDUCED schedule (not the paper's): {args.steps} DRAEM steps = "
+            f"{args.steps * args.batch_size / TRAIN_IMAGES:.1f} epochs (paper: {PAPER['draem_epochs']}), "
+            f"{args.image_size} px (paper: 256), DRAEM widths {args.reconstructive_width}/"
+            f"{args.discriminative_width} (paper: 128/64) for Draem and DraemWeak alike, Adam lr "
+            f"{args.learning_rate:g} (paper: 1e-4)"
+            + (
+                f"; DeSTSeg {args.destseg_steps} steps ({args.destseg_student_steps} student; paper: 5000/1000)"
+                if args.destseg_teacher
+                else ""
+            )
+        )
+    else:
+        notes.append(f"paper schedule: DRAEM {args.steps} steps ({PAPER['draem_epochs']} epochs), full widths")
+    return notes
+
+
+def pick_device(name: str) -> str:
+    """``cuda`` when asked for or (``auto``) available, else ``cpu``."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+# ----------------------------------------------------------------------------------------- banks
+
+
+def paste_bank(workdir: Path, images: int, per_image: int) -> Path:
+    """The paste bank from the 3-shot support set, made once and kept in ``workdir``."""
+    bank = workdir / f"paste_bank_{images}x{per_image}"
+    if (bank / "bank.json").is_file() and json.loads((bank / "bank.json").read_text()).get("complete"):
+        return bank
+    if bank.exists():
+        import shutil
+
+        shutil.rmtree(bank)
+    started = time.perf_counter()
+    make_paste_bank(bank, limit=images, per_image=per_image)
+    print(f"paste bank: {images} normal images x {per_image} per defect type in {time.perf_counter() - started:.0f} s")
+    return bank
+
+
+def diffusion_bank(args: Any, workdir: Path) -> tuple[Path | None, str]:
+    """An existing or newly generated diffusion bank, or ``None`` and why not."""
+    from anomalib_anogen.generation.generate import generate
+
+    if args.diffusion_bank:
+        return args.diffusion_bank, f"diffusion bank {args.diffusion_bank}"
+    if args.smoke:  # exercise the path with the built-in random-weight model: mechanics only
+        from anomalib_anogen.generation.learn import learn
+
+        embeddings = workdir / "tiny_embeddings"
+        if not embeddings.is_dir():
+            learn(support=str(SUPPORT), output=str(embeddings), backbone="tiny", steps=2, progress=False)
+        backbone, max_images, steps = "tiny", 2, 2
+    elif args.backbone and args.embeddings:
+        if args.backbone == "tiny":
+            return None, "--backbone tiny has random weights: its bank is not a diffusion bank"
+        embeddings, backbone, max_images, steps = args.embeddings, args.backbone, args.diffusion_images, args.ddim_steps
+    else:
+        return None, (
+            "no pretrained diffusion weights on this machine (give --backbone PATH --embeddings PATH, "
+            "or --diffusion_bank PATH)"
+        )
+    key = hashlib.sha256(json.dumps([backbone, str(embeddings), max_images, steps]).encode()).hexdigest()[:10]
+    bank = workdir / f"diffusion_bank_{key}"
+    if not ((bank / "bank.json").is_file() and json.loads((bank / "bank.json").read_text()).get("complete")):
+        started = time.perf_counter()
+        generate(
+            normal=str(MVTEC / CATEGORY / "train" / "good"),
+            output=str(bank),
+            embeddings=str(embeddings),
+            backbone=backbone,
+            per_image=1 if args.smoke else 4,
+            samples_per_box=1 if args.smoke else 2,
+            steps=steps,
+            max_images=max_images,
+            resume=bank.exists(),
+            progress=False,
+        )
+        print(f"diffusion bank ({backbone}): made in {time.perf_counter() - started:.0f} s")
+    return bank, f"diffusion bank from {backbone}" + (" (SMOKE: random weights)" if args.smoke else "")
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+def draem_network(args: Any) -> Any:
+    """The DRAEM sub-networks at the schedule's widths: ``DraemWeakModel`` is ``DraemModel`` with widths."""
+    from anomalib_anogen.models.image.draem_weak.torch_model import DraemWeakModel
+
+    return DraemWeakModel(args.reconstructive_width, args.discriminative_width)
+
+
+def adam_with_draem_milestones(module: Any, learning_rate: float) -> Callable[[], Any]:
+    """The ``configure_optimizers`` of anomalib's ``Draem`` with another learning rate (it hard-codes 1e-4)."""
+    import torch
+
+    def configure_optimizers() -> Any:
+        optimizer = torch.optim.Adam(params=module.model.parameters(), lr=learning_rate)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[400, 600], gamma=0.1)
+        return [optimizer], [scheduler]
+
+    return configure_optimizers
+
+
+def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
+    """The LightningModule of one row, with the seed's initial DRAEM weights where it is a DRAEM."""
+    from anomalib.models import Draem
+    from lightning.pytorch import seed_everything
+
+    from anomalib_anogen.metrics import anogen_evaluator
+    from anomalib_anogen.models import Destseg, DestsegWeak, DraemWeak
+
+    size = (args.image_size, args.image_size)
+    common = {"evaluator": anogen_evaluator(), "visualizer": False}
+    kind = row["kind"]
+    if kind == "draem":
+        model = Draem(dtd_dir=DTD, pre_processor=Draem.configure_pre_processor(size), **common)
+        if (args.reconstructive_width, args.discriminative_width) != (128, 64):
+            model.model = draem_network(args)
+        if args.learning_rate != PAPER["draem_lr"]:
+            model.configure_optimizers = adam_with_draem_milestones(model, args.learning_rate)
+    elif kind == "draem_weak":
+        model = DraemWeak(
+            dtd_dir=DTD,
+            generator=row["generator"],
+            bank_dir=row.get("bank"),
+            reconstructive_width=args.reconstructive_width,
+            discriminative_width=args.discriminative_width,
+            learning_rate=args.learning_rate,
+            pre_processor=DraemWeak.configure_pre_processor(size),
+            **common,
+        )
+    else:
+        cls = Destseg if kind == "destseg" else DestsegWeak
+        extra = {"generator": row["generator"], "bank_dir": row.get("bank")} if kind == "destseg_weak" else {}
+        model = cls(
+            pretrained_weights=args.destseg_teacher,
+            dtd_dir=DTD,
+            steps=args.destseg_steps,
+            de_st_steps=args.destseg_student_steps,
+            pre_processor=cls.configure_pre_processor(size),
+            **extra,
+            **common,
+        )
+    if hasattr(model.augmenter, "num_workers"):
+        model.augmenter.num_workers = args.workers
+    if kind in {"draem", "draem_weak"}:  # the same initial network for every DRAEM row of a seed
+        seed_everything(seed, workers=True)
+        model.model.load_state_dict(draem_network(args).state_dict())
+    return model
+
+
+def rows_to_run(args: Any, workdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The table's rows (with banks made) and the lines saying which rows are skipped and why."""
+    paste = paste_bank(workdir, args.paste_images, args.paste_per_image)
+    banks = {"paste bank": paste}
+    skipped = []
+    diffusion, why = diffusion_bank(args, workdir)
+    if diffusion is None:
+        skipped.append(f"DraemWeak/DestsegWeak + diffusion bank: skipped, {why}")
+    else:
+        banks["diffusion bank"] = diffusion
+    rows: list[dict[str, Any]] = [
+        {"name": "Draem", "kind": "draem", "steps": args.steps},
+        {"name": "DraemWeak perlin", "kind": "draem_weak", "generator": "perlin", "steps": args.steps},
+    ]
+    rows += [
+        {"name": f"DraemWeak + {label}", "kind": "draem_weak", "generator": "anogen", "bank": bank, "steps": args.steps}
+        for label, bank in banks.items()
+    ]
+    if args.smoke and not args.destseg_teacher:
+        args.destseg_teacher = "random"
+    if args.smoke:  # the diffusion-bank path is exercised by DraemWeak already
+        banks.pop("diffusion bank", None)
+    if args.destseg_teacher:
+        rows.append({"name": "Destseg", "kind": "destseg", "steps": args.destseg_steps})
+        rows += [
+            {
+                "name": f"DestsegWeak + {label}",
+                "kind": "destseg_weak",
+                "generator": "anogen",
+                "bank": bank,
+                "steps": args.destseg_steps,
+            }
+            for label, bank in banks.items()
+        ]
+    else:
+        skipped.append(
+            "Destseg, DestsegWeak: skipped, no ImageNet ResNet-18 teacher weights on this machine (give "
+            "--destseg_teacher PATH); a random teacher is not DeSTSeg"
+        )
+    return rows, skipped
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+
+def bank_identity(bank: Path | None) -> str | None:
+    """A bank's settings hash (what it was made from and how), so a rerun never mixes two banks."""
+    if bank is None:
+        return None
+    meta = json.loads((Path(bank) / "bank.json").read_text())
+    return f"{meta.get('settings_sha256')}/{meta.get('records')}"
+
+
+def run_key(row: dict[str, Any], args: Any, device: str, seed: int) -> str:
+    """Everything that changes a run's result."""
+    settings = {
+        "row": row["name"],
+        "kind": row["kind"],
+        "generator": row.get("generator"),
+        "bank": bank_identity(row.get("bank")),
+        "seed": seed,
+        "steps": row["steps"],
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "device": device,
+        "smoke": args.smoke,
+    }
+    if row["kind"].startswith("draem"):
+        settings |= {
+            "widths": [args.reconstructive_width, args.discriminative_width],
+            "learning_rate": args.learning_rate,
+        }
+    else:
+        settings |= {"student_steps": args.destseg_student_steps, "teacher": str(args.destseg_teacher)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_and_test(row: dict[str, Any], args: Any, device: str, seed: int) -> dict[str, Any]:
+    """Fit one model through anomalib's Engine and return its test metrics and times."""
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(seed, workers=True)
+    model = build_model(row, args, seed)
+    seed_everything(seed, workers=True)  # the same data order and synthesis stream for every row
+    datamodule = MVTecAD(
+        root=MVTEC,
+        category=CATEGORY,
+        train_batch_size=args.batch_size,
+        eval_batch_size=32,
+        num_workers=args.workers,
+        seed=seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as scratch:
+        engine = Engine(
+            default_root_dir=scratch,
+            accelerator=device,
+            devices=1,
+            logger=False,
+            max_steps=row["steps"],
+            check_val_every_n_epoch=None,  # validate once, after the last step: it sets the post-processor's
+            val_check_interval=row["steps"],  # statistics (val = test split here, anomalib's default)
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        started = time.perf_counter()
+        engine.fit(model=model, datamodule=datamodule)
+        trained = time.perf_counter()
+        metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+        tested = time.perf_counter()
+    missing = [name for name in METRICS if name not in metrics]
+    if missing:
+        msg = f"{row['name']}: the evaluator did not report {missing}; it reported {sorted(metrics)}"
+        raise RuntimeError(msg)
+    steps_done = int(engine.trainer.global_step)
+    return {
+        "metrics": {name: float(metrics[name]) for name in METRICS},
+        "steps_done": steps_done,
+        "train_s": round(trained - started, 1),
+        "test_s": round(tested - trained, 1),
+    }
+
+
+def probe_seconds_per_step(args: Any, device: str, kind: str, steps: int = 3) -> float:
+    """Median time of one training step (synthesis, forward, backward, optimiser) of a DRAEM or DeSTSeg row."""
+    import torch
+
+    from anomalib_anogen.models import DestsegWeak, DraemWeak
+
+    if kind == "draem":
+        model = DraemWeak(
+            dtd_dir=DTD,
+            reconstructive_width=args.reconstructive_width,
+            discriminative_width=args.discriminative_width,
+        ).to(device)
+        parameters = model.model.parameters()
+    else:
+        model = DestsegWeak(pretrained_weights="random", dtd_dir=DTD, steps=2, de_st_steps=1).to(device)
+        parameters = model.model.segmentation.parameters()
+    model.train()
+    optimizer = torch.optim.Adam(parameters, lr=1e-4)
+    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    times = []
+    for index in range(steps + 1):  # the first one warms up
+        started = time.perf_counter()
+        synthetic = model.synthesize(images)
+        if kind == "draem":
+            reconstruction, prediction = model.model(synthetic.image)
+            loss = model.loss(synthetic.target, reconstruction, synthetic.mask, prediction, synthetic.is_box)
+        else:
+            teacher = model.model.teacher_features(synthetic.image)
+            with torch.no_grad():
+                student = model.model.student_features(synthetic.image, [f.shape[-2:] for f in teacher])
+            logits = model.model.segment(teacher, student)
+            loss = model.loss.segmentation(logits, synthetic.mask, synthetic.is_box)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if index:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def fit_to_budget(args: Any, device: str, rows: list[dict[str, Any]], minutes: float) -> str:
+    """Scale the steps of every row by one factor so that all runs are estimated to fit ``minutes``."""
+    draem_rate = probe_seconds_per_step(args, device, "draem", steps=1 if args.smoke else 3)
+    destseg_rows = sum(row["kind"].startswith("destseg") for row in rows)
+    destseg_rate = probe_seconds_per_step(args, device, "destseg", steps=1 if args.smoke else 3) if destseg_rows else 0
+    seeds = len(args.seeds)
+    draem_rows = len(rows) - destseg_rows
+    estimate = seeds * (draem_rows * args.steps * draem_rate + destseg_rows * args.destseg_steps * destseg_rate)
+    estimate *= 1.15  # validation, test, start-up
+    factor = min(1.0, minutes * 60 / estimate) if estimate else 1.0
+    args.schedule_share = factor
+    if factor < 1.0:
+        args.steps = max(2, int(args.steps * factor))
+        args.destseg_steps = max(2, int(args.destseg_steps * factor))
+        args.destseg_student_steps = max(1, min(args.destseg_steps - 1, int(args.destseg_student_steps * factor)))
+        for row in rows:
+            row["steps"] = args.destseg_steps if row["kind"].startswith("destseg") else args.steps
+    return (
+        f"--max_minutes {minutes:g}: probe {draem_rate:.3f} s/DRAEM step"
+        + (f", {destseg_rate:.3f} s/DeSTSeg step" if destseg_rows else "")
+        + f"; estimated {estimate / 60:.1f} min for the full schedule, running {100 * factor:.1f}% of it "
+        f"({args.steps} DRAEM steps, {args.destseg_steps} DeSTSeg steps)"
+    )
+
+
+# ----------------------------------------------------------------------------------------- table
+
+
+def schedule_label(args: Any, notes: list[str]) -> str:
+    """smoke, reduced, paper, or the share of the paper's schedule that ``--max_minutes`` allowed."""
+    if args.smoke:
+        return "smoke"
+    if notes[0].startswith("REDUCED"):
+        return "reduced"
+    share = getattr(args, "schedule_share", 1.0)
+    return "paper" if share >= 1.0 else f"paper x {share:.3f} (--max_minutes)"
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and sample standard deviation (n - 1; 0 for one seed) of every metric of every row."""
+    table = {}
+    for name, runs in results.items():
+        table[name] = {}
+        for metric in METRICS:
+            values = [run["metrics"][metric] for run in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            table[name][metric] = (statistics.fmean(values), spread)
+    return table
+
+
+def print_table(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> None:
+    """One row per model: mean ± std of every metric."""
+    width = max(len(name) for name in table) + 2
+    print(f"\nbottle, {seeds} seed(s), mean ± sample std (n-1)")
+    print(f"{'model':<{width}}" + "".join(f"{column:>18}" for column in METRICS.values()))
+    for name, metrics in table.items():
+        cells = "".join(f"{f'{mean:.4f} ± {spread:.4f}':>18}" for mean, spread in metrics.values())
+        print(f"{name:<{width}}{cells}")
+
+
+def target_check(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> dict[str, Any]:
+    """DraemWeak + paste bank above Draem in pixel AP by more than the larger seed spread."""
+    check: dict[str, Any] = {}
+    base = table.get("Draem", {}).get("pixel_AUPR")
+    for name in ("DraemWeak + paste bank", "DraemWeak + diffusion bank", "DraemWeak perlin"):
+        ours = table.get(name, {}).get("pixel_AUPR")
+        if base is None or ours is None:
+            continue
+        delta, spread = ours[0] - base[0], max(ours[1], base[1])
+        label = name.removeprefix("DraemWeak").strip(" +") or "perlin"
+        check[f"pixel AP gain over Draem: {label}"] = delta
+        check[f"larger std: {label}"] = spread
+        if name != "DraemWeak perlin":
+            passed = delta > spread and seeds > 1
+            check[f"target met: {label}"] = "yes" if passed else ("n/a (1 seed)" if seeds < 2 else "no")
+    return check
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, test, print the table."""
+    args = parse_args(argv)
+    logging.getLogger("anomalib").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    device = pick_device(args.device)
+    notes = fill_schedule(args, device)
+    import torch
+
+    if args.threads is None and device == "cpu" and os.getloadavg()[0] > 1.0:
+        args.threads = 1
+        notes.append(f"load average {os.getloadavg()[0]:.1f}: other jobs share the CPU, so 1 torch thread")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.image_size % 32:
+        msg = f"--image_size must be a multiple of 32 (DRAEM's U-Nets), got {args.image_size}"
+        raise SystemExit(msg)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy_work_") as scratch:
+        workdir = args.workdir or (Path(scratch) if args.smoke else REPO / "runs" / "bench_accuracy")
+        workdir.mkdir(parents=True, exist_ok=True)
+        rows, skipped = rows_to_run(args, workdir)
+        if args.max_minutes is not None or args.smoke:
+            notes.append(fit_to_budget(args, device, rows, args.max_minutes or 10.0))
+        print(f"device: {device}; data: {MVTEC / CATEGORY}; DTD: {DTD}; workdir: {workdir}")
+        for line in notes + skipped:
+            print(line)
+        print(
+            f"schedule: seeds {args.seeds}, {args.image_size} px, batch {args.batch_size}, DRAEM rows {args.steps} "
+            f"steps, widths {args.reconstructive_width}/{args.discriminative_width}, lr {args.learning_rate:g}, "
+            f"{torch.get_num_threads()} torch thread(s), {args.workers} loader worker(s)"
+            + (
+                f"; DeSTSeg rows {args.destseg_steps} steps ({args.destseg_student_steps} student)"
+                if any(row["kind"].startswith("destseg") for row in rows)
+                else ""
+            )
+        )
+        print(
+            "caveat (Draem row): anomalib's DraemLoss uses kornia FocalLoss(alpha=1), which under kornia >= 0.9 "
+            "weights the normal class by 1 - alpha = 0, so normal pixels get no segmentation loss; DraemWeak uses "
+            "alpha=None as the original DRAEM. 'DraemWeak perlin' isolates that loss difference."
+        )
+        store = workdir / "results.json"
+        done = json.loads(store.read_text()) if store.is_file() else {}
+        results: dict[str, list[dict[str, Any]]] = {}
+        for seed in args.seeds:
+            for row in rows:
+                key = run_key(row, args, device, seed)
+                if key not in done:
+                    print(f"[{time.perf_counter() - started:7.0f} s] {row['name']}, seed {seed}: training", flush=True)
+                    done[key] = {"model": row["name"], "seed": seed, **train_and_test(row, args, device, seed)}
+                    store.write_text(json.dumps(done, indent=1) + "\n")
+                run = done[key]
+                results.setdefault(row["name"], []).append(run)
+                shown = ", ".join(f"{column} {run['metrics'][metric]:.4f}" for metric, column in METRICS.items())
+                print(f"  {row['name']}, seed {seed} (train {run['train_s']} s, test {run['test_s']} s): {shown}")
+    table = summarise(results)
+    print_table(table, len(args.seeds))
+    summary: dict[str, Any] = {
+        "device": device,
+        "schedule": schedule_label(args, notes),
+        "seeds": " ".join(map(str, args.seeds)),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "draem_steps": args.steps,
+        "draem_widths": f"{args.reconstructive_width}/{args.discriminative_width}",
+        "learning_rate": args.learning_rate,
+    }
+    if args.destseg_teacher:
+        summary |= {"destseg_steps": args.destseg_steps, "destseg_student_steps": args.destseg_student_steps}
+    for name, metrics in table.items():
+        for metric, (mean, spread) in metrics.items():
+            summary[f"{name}: {METRICS[metric]} mean"] = mean
+            summary[f"{name}: {METRICS[metric]} std"] = spread
+    summary |= target_check(table, len(args.seeds))
+    all_runs = [run for runs in results.values() for run in runs]
+    summary["train_and_test_s_all_runs"] = round(sum(run["train_s"] + run["test_s"] for run in all_runs), 1)
+    summary["wall_time_s"] = round(time.perf_counter() - started, 1)  # this invocation (resumed runs: ~0)
+    print()
+    report(summary, args.json)
+    if args.json:  # the per-seed numbers and the notes beside the summary
+        data = json.loads(args.json.read_text())
+        data["notes"] = notes + skipped
+        data["runs"] = results
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
