@@ -1,0 +1,464 @@
+"""Inference speed of DraemWeak and DestsegWeak on this CPU: torch eager vs OpenVINO FP32, FP16 and INT8.
+
+For each model, at batch 1 and ``--image_size`` (256):
+1. exports it three times with anomalib's ``Engine.export`` (OpenVINO; compression none = FP32, ``FP16``,
+   ``INT8_PTQ`` = NNCF post-training quantisation calibrated on ``--calib_images`` normal bottle *training*
+   images: the calibration datamodule's validation split is taken ``FROM_TRAIN``, because anomalib's
+   ``INT8_PTQ`` calibrates on ``val_dataloader()`` and MVTecAD's default validation split is the test set);
+2. latency: median of ``--runs`` timed batch-1 calls after ``--warmup``, interleaved (torch, FP32, FP16, INT8
+   in turn, on the same real test image), of the full forward in each: pre-processing, network and
+   anomalib's post-processing, i.e. what the exported graph computes. Torch runs under
+   ``torch.inference_mode`` with ``torch.set_num_threads(--threads)``; OpenVINO (the ``openvino`` runtime
+   directly, input reshaped to a static 1x3xHxW, LATENCY hint, one stream) with
+   ``INFERENCE_NUM_THREADS=--threads``. Throughput: images/s of those sequential batch-1 calls, and of
+   OpenVINO's THROUGHPUT hint with an ``AsyncInferQueue`` (``--async_images`` per variant);
+3. accuracy cost: every variant on the bottle test images (every ``--test_stride``-th of each label),
+   image AUROC and pixel AP, and each compressed variant's difference from FP32 in points.
+
+Weights: ``--draem_ckpt`` / ``--destseg_ckpt`` (anomalib Lightning checkpoints); without them each model is
+trained here for a few steps only, so absolute AUROC/AP mean nothing and only the compression *deltas*
+matter. DestsegWeak's frozen teacher is random (``pretrained_weights="random"``, no ImageNet weights on this
+machine) unless ``--destseg_teacher`` names a local resnet18 file. Perlin anomalies use the DTD subset in
+../shared/data; nothing is downloaded. Exports go to a temporary folder, which is also the working directory
+while the script runs, so nothing is left behind.
+
+    python benchmarks/bench_infer.py                    # ~15 min on 2 cores, briefly trained weights
+    python benchmarks/bench_infer.py --draem_ckpt D.ckpt --destseg_ckpt S.ckpt --test_stride 1
+    python benchmarks/bench_infer.py --perf             # + OpenVINO per-layer-type time (perf counters)
+    python benchmarks/bench_infer.py --smoke            # seconds: 64 px, tiny DRAEM, every path once
+
+Targets printed next to the results: OpenVINO FP32 latency <= 0.6x torch eager, INT8 <= 0.35x with at most
+1 point of pixel AP lost against FP32.
+"""
+
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from _common import SHARED, parser, report
+
+BOTTLE_ROOT = SHARED / "MVTecAD"
+DTD = SHARED / "dtd" / "images"
+VARIANTS = ("fp32", "fp16", "int8")
+FP32_TARGET, INT8_TARGET, INT8_MAX_PIXEL_AP_LOSS = 0.6, 0.35, 1.0
+
+
+def datamodule(size: int, batch_size: int, **kwargs: object):
+    """MVTecAD bottle from ../shared/data, resized to ``size`` by the datamodule only when it is not 256."""
+    from anomalib.data import MVTecAD
+    from torchvision.transforms.v2 import Resize
+
+    resize = None if size == 256 else Resize((size, size), antialias=True)
+    return MVTecAD(
+        root=BOTTLE_ROOT,
+        category="bottle",
+        train_batch_size=batch_size,
+        eval_batch_size=batch_size,
+        num_workers=0,
+        augmentations=resize,
+        seed=0,
+        **kwargs,
+    )
+
+
+def build(name: str, args, size: int):
+    """A fresh model, or the one in its checkpoint; returns (model, how its weights came about)."""
+    from anomalib_anogen.models import DestsegWeak, DraemWeak
+
+    checkpoint = args.draem_ckpt if name == "draem" else args.destseg_ckpt
+    model_class = DraemWeak if name == "draem" else DestsegWeak
+    if checkpoint:
+        # Training-only paths saved in the hyperparameters may not exist here; the teacher is in the state dict.
+        overrides = {"dtd_dir": DTD} | ({} if name == "draem" else {"pretrained_weights": None})
+        model = model_class.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
+        return model, f"checkpoint {checkpoint}"
+    common = {"dtd_dir": DTD, "pre_processor": model_class.configure_pre_processor((size, size))}
+    common |= {"evaluator": False, "visualizer": False}  # metrics are computed below, on the OpenVINO outputs
+    if name == "draem":
+        model = DraemWeak(
+            reconstructive_width=args.reconstructive_width,
+            discriminative_width=args.discriminative_width,
+            **common,
+        )
+        return model, f"briefly trained here: {args.train_steps} steps at batch {args.batch_size}"
+    teacher = str(args.destseg_teacher) if args.destseg_teacher else "random"
+    model = DestsegWeak(
+        pretrained_weights=teacher,
+        steps=args.destseg_steps,
+        de_st_steps=args.destseg_steps // 2,
+        T=args.destseg_top_k,
+        **common,
+    )
+    how = f"briefly trained here: {args.destseg_steps} steps at batch {args.destseg_batch_size}, teacher "
+    return model, how + ("RANDOM (no ImageNet weights)" if teacher == "random" else teacher)
+
+
+def train(name: str, model, args, size: int, scratch: Path) -> int:
+    """Train briefly, then validate once so the post-processor gets its normalisation and thresholds.
+
+    Validation images: ``--val_ratio`` of each test label (anomalib's usual protocol validates on test
+    images; they only set score normalisation, and the accuracy below is compared between variants).
+    Returns the number of validation images.
+    """
+    from anomalib.callbacks.checkpoint import ModelCheckpoint
+    from anomalib.engine import Engine
+
+    draem = name == "draem"
+    batch_size = args.batch_size if draem else args.destseg_batch_size
+    data = datamodule(
+        size,
+        batch_size,
+        val_split_mode="from_test",
+        val_split_ratio=args.val_ratio,
+    )
+    extra = {"max_steps": args.train_steps} if draem else {}
+    # Full batches only: bottle has 209 training images, so batch 2/4/8/16 ends each epoch with ONE image,
+    # and DestsegWeak's ASPP image-pooling BatchNorm (1x1 map) cannot train on a single image (ValueError).
+    extra["limit_train_batches"] = len(list((BOTTLE_ROOT / "bottle" / "train" / "good").glob("*.png"))) // batch_size
+    engine = Engine(
+        default_root_dir=scratch / f"train_{name}",
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[ModelCheckpoint(dirpath=scratch, save_top_k=0)],  # anomalib adds a saving one otherwise
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10**6,  # validate once, explicitly, after training
+        **extra,
+    )
+    engine.fit(model=model, datamodule=data)
+    engine.validate(model=model, datamodule=data, verbose=False)
+    return len(data.val_data)
+
+
+def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str, Path], dict[str, float], int]:
+    """FP32, FP16 and INT8_PTQ OpenVINO exports through ``Engine.export``; returns paths, seconds, calibration count.
+
+    The torch -> ONNX trace (the slow, deterministic first step of every ``to_openvino``) runs once: later
+    calls of ``model.to_onnx`` with the same arguments get a copy of that ONNX file. Everything after it
+    (``ov.convert_model``, NNCF quantisation, ``ov.save_model(compress_to_fp16=...)``) is anomalib's own.
+    """
+    from anomalib.deploy import CompressionType, ExportType
+    from anomalib.engine import Engine
+
+    # INT8_PTQ calibrates on val_dataloader(): make that a split of the normal *training* images, batch 1.
+    # floor(209 * (n + 0.5) / 209) = n images go to validation (anomalib's random_split floors).
+    train_count = len(list((BOTTLE_ROOT / "bottle" / "train" / "good").glob("*.png")))
+    calibration = datamodule(size, 1, val_split_mode="from_train", val_split_ratio=(calib_images + 0.5) / train_count)
+    calibration.setup("fit")
+    calibrated = len(calibration.val_data)
+    assert set(calibration.val_data.samples.label_index) == {0}, "calibration images must all be normal"
+
+    traced: dict[str, Path] = {}
+    original = model.to_onnx
+
+    def to_onnx(export_root: Path | str, model_file_name: str = "model", input_size=None, **kwargs) -> Path:
+        key = repr((model_file_name, input_size, sorted(kwargs.items())))
+        if key not in traced:
+            path = original(export_root, model_file_name, input_size, **kwargs)
+            kept = scratch / f"onnx_{len(traced)}"
+            shutil.copytree(path.parent, kept)  # to_openvino traces into a temporary folder
+            traced[key] = kept / path.name
+            return path
+        target = Path(export_root) / "weights" / "onnx"
+        shutil.copytree(traced[key].parent, target, dirs_exist_ok=True)
+        return target / traced[key].name
+
+    engine = Engine(default_root_dir=scratch, accelerator="cpu", logger=False, enable_progress_bar=False)
+    paths, seconds = {}, {}
+    model.to_onnx = to_onnx
+    try:
+        for variant, compression in zip(VARIANTS, (None, CompressionType.FP16, CompressionType.INT8_PTQ), strict=True):
+            started = time.perf_counter()
+            paths[variant] = Path(
+                engine.export(
+                    model=model,
+                    export_type=ExportType.OPENVINO,
+                    export_root=scratch / f"export_{variant}",
+                    input_size=(size, size),
+                    compression_type=compression,
+                    datamodule=calibration if compression == CompressionType.INT8_PTQ else None,
+                    onnx_kwargs={"opset_version": 18},
+                ),
+            )
+            seconds[variant] = time.perf_counter() - started
+    finally:
+        del model.to_onnx
+    return paths, seconds, calibrated
+
+
+def compile_ov(core, path: Path, size: int, threads: int, hint: str, perf: bool = False):
+    """Read an exported model, fix its input to 1x3xHxW and compile it for the CPU."""
+    network = core.read_model(path)
+    network.reshape({network.input(0): [1, 3, size, size]})
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+    if hint == "LATENCY":
+        config["NUM_STREAMS"] = 1
+    if perf:
+        config["PERF_COUNT"] = True
+    return core.compile_model(network, "CPU", config)
+
+
+def latency(torch_model, requests: dict, image: np.ndarray, warmup: int, runs: int) -> dict[str, list[float]]:
+    """Seconds per batch-1 call, interleaved across torch and every OpenVINO variant."""
+    import torch
+
+    tensor = torch.from_numpy(image)
+
+    def call_torch() -> None:
+        with torch.inference_mode():
+            torch_model(tensor)
+
+    calls = {"torch": call_torch} | {variant: (lambda r=r: r.infer({0: image})) for variant, r in requests.items()}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def async_throughput(compiled: dict, image: np.ndarray, count: int, rounds: int = 2) -> dict[str, float]:
+    """Images/s with OpenVINO's THROUGHPUT hint and an AsyncInferQueue; median of interleaved rounds."""
+    import openvino as ov
+
+    queues = {}
+    for variant, model in compiled.items():
+        queue = ov.AsyncInferQueue(model, model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        for _ in range(len(queue)):  # warm-up: one call per request
+            queue.start_async({0: image})
+        queue.wait_all()
+        queues[variant] = queue
+    rates: dict[str, list[float]] = {variant: [] for variant in compiled}
+    per_round = max(1, count // rounds)
+    for _ in range(rounds):
+        for variant, queue in queues.items():
+            started = time.perf_counter()
+            for _ in range(per_round):
+                queue.start_async({0: image})
+            queue.wait_all()
+            rates[variant].append(per_round / (time.perf_counter() - started))
+    return {variant: statistics.median(values) for variant, values in rates.items()}
+
+
+def test_items(size: int, stride: int) -> list:
+    """Every ``stride``-th bottle test image of each label (normal, anomalous), with its mask."""
+    data = datamodule(size, 1)
+    data.setup("test")
+    dataset = data.test_data
+    labels = dataset.samples.label_index.to_numpy()
+    chosen = [index for label in (0, 1) for index in np.flatnonzero(labels == label)[::stride]]
+    return [dataset[int(index)] for index in chosen]
+
+
+def accuracy(requests: dict, items: list) -> dict[str, dict[str, float]]:
+    """Image AUROC and pixel AP (in points) of each OpenVINO variant on ``items``, variants interleaved per image."""
+    import torch
+    from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
+
+    scores: dict[str, list[float]] = defaultdict(list)
+    maps: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for item in items:
+        image = item.image.unsqueeze(0).numpy()
+        for variant, request in requests.items():
+            outputs = request.infer({0: image})
+            scores[variant].append(float(np.asarray(outputs["pred_score"]).reshape(-1)[0]))
+            maps[variant].append(torch.from_numpy(np.asarray(outputs["anomaly_map"]).reshape(-1).copy()))
+    labels = torch.tensor([int(item.gt_label) for item in items])
+    masks = torch.cat([item.gt_mask.reshape(-1).int() for item in items])
+    result = {}
+    for variant in requests:
+        auroc = BinaryAUROC()(torch.tensor(scores[variant]), labels)
+        pixel_ap = BinaryAveragePrecision()(torch.cat(maps[variant]), masks)
+        result[variant] = {"image_auroc": 100 * float(auroc), "pixel_ap": 100 * float(pixel_ap)}
+    return result
+
+
+def perf_profile(core, paths: dict[str, Path], size: int, threads: int, image: np.ndarray, top: int = 8) -> None:
+    """Print where each OpenVINO variant spends its time: per-layer perf counters summed by (type, kernel)."""
+    for variant, path in paths.items():
+        request = compile_ov(core, path, size, threads, "LATENCY", perf=True).create_infer_request()
+        request.infer({0: image})
+        totals: dict[tuple[str, str], float] = defaultdict(float)
+        runs = 3
+        for _ in range(runs):
+            request.infer({0: image})
+            for info in request.profiling_info:
+                totals[(info.node_type, info.exec_type)] += info.real_time.total_seconds() * 1000 / runs
+        total = sum(totals.values())
+        print(f"  OpenVINO {variant}: {total:.1f} ms in layers; top layer types (type / kernel: ms, share):")
+        for (node_type, exec_type), ms in sorted(totals.items(), key=lambda item: -item[1])[:top]:
+            print(f"    {node_type:<22} {exec_type:<28} {ms:9.1f} ms {100 * ms / total:5.1f} %")
+
+
+def bench(name: str, args, size: int, scratch: Path, items: list) -> dict[str, float | int | str]:
+    """All measurements for one model; keys are prefixed with the model name."""
+    import openvino as ov
+    import torch
+
+    started = time.perf_counter()
+    model, weights = build(name, args, size)
+    results: dict[str, float | int | str] = {f"{name}_weights": weights}
+    print(f"[{name}] weights: {weights}", flush=True)
+    if not (args.draem_ckpt if name == "draem" else args.destseg_ckpt):
+        results[f"{name}_val_images_for_postprocessing"] = train(name, model, args, size, scratch)
+        results[f"{name}_train_s"] = time.perf_counter() - started
+        print(f"[{name}] trained in {results[f'{name}_train_s']:.0f} s", flush=True)
+    model.eval()
+    paths, export_seconds, calibrated = export(model, size, scratch / name, args.calib_images)
+    results[f"{name}_int8_calibration_images_normal_train"] = calibrated
+    for variant in VARIANTS:
+        results[f"{name}_export_s_{variant}"] = export_seconds[variant]
+    print(f"[{name}] exported: {', '.join(f'{v} {s:.0f} s' for v, s in export_seconds.items())}", flush=True)
+
+    core = ov.Core()
+    compiled = {variant: compile_ov(core, paths[variant], size, args.threads, "LATENCY") for variant in VARIANTS}
+    results[f"{name}_ov_inference_precision"] = (
+        compiled["fp32"].get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    )
+    requests = {variant: model_.create_infer_request() for variant, model_ in compiled.items()}
+    image = items[-1].image.unsqueeze(0).numpy()  # a real test image (an anomalous one)
+
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(image)).anomaly_map.reshape(-1).numpy()
+    fp32_map = np.asarray(requests["fp32"].infer({0: image})["anomaly_map"]).reshape(-1)
+    results[f"{name}_fp32_vs_torch_max_abs_map_diff"] = float(np.abs(fp32_map - reference).max())
+
+    times = latency(model, requests, image, args.warmup, args.runs)
+    torch_ms = 1000 * statistics.median(times["torch"])
+    results[f"{name}_torch_latency_ms"] = torch_ms
+    for variant in VARIANTS:
+        results[f"{name}_ov_{variant}_latency_ms"] = 1000 * statistics.median(times[variant])
+    for variant in VARIANTS:
+        results[f"{name}_ov_{variant}_over_torch"] = results[f"{name}_ov_{variant}_latency_ms"] / torch_ms
+    for label, values in times.items():
+        label_ = label if label == "torch" else f"ov_{label}"
+        results[f"{name}_{label_}_seq_images_per_s"] = len(values) / sum(values)
+    if args.async_images:
+        async_compiled = {v: compile_ov(core, paths[v], size, args.threads, "THROUGHPUT") for v in VARIANTS}
+        for variant, rate in async_throughput(async_compiled, image, args.async_images).items():
+            results[f"{name}_ov_{variant}_async_images_per_s"] = rate
+        del async_compiled
+    print(f"[{name}] latency done", flush=True)
+
+    metrics = accuracy(requests, items)
+    for variant in VARIANTS:
+        results[f"{name}_ov_{variant}_image_auroc"] = metrics[variant]["image_auroc"]
+        results[f"{name}_ov_{variant}_pixel_ap"] = metrics[variant]["pixel_ap"]
+    for variant in VARIANTS[1:]:
+        for metric in ("image_auroc", "pixel_ap"):
+            delta = metrics[variant][metric] - metrics["fp32"][metric]
+            results[f"{name}_{variant}_minus_fp32_{metric}_pts"] = delta
+
+    fp32_ratio = results[f"{name}_ov_fp32_over_torch"]
+    int8_ratio = results[f"{name}_ov_int8_over_torch"]
+    ap_loss = -results[f"{name}_int8_minus_fp32_pixel_ap_pts"]
+    results[f"{name}_target_fp32_le_{FP32_TARGET}x"] = "met" if fp32_ratio <= FP32_TARGET else "MISSED"
+    results[f"{name}_target_int8_le_{INT8_TARGET}x"] = "met" if int8_ratio <= INT8_TARGET else "MISSED"
+    results[f"{name}_target_int8_ap_loss_le_1pt"] = "met" if ap_loss <= INT8_MAX_PIXEL_AP_LOSS else "MISSED"
+    results[f"{name}_total_s"] = time.perf_counter() - started
+    if args.perf:
+        print(f"[{name}] OpenVINO per-layer-type time at batch 1, {args.threads} threads:")
+        perf_profile(core, paths, size, args.threads, image)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurements and print the table."""
+    parser_ = parser(__doc__)
+    parser_.add_argument("--models", nargs="+", choices=("draem", "destseg"), default=["draem", "destseg"])
+    parser_.add_argument("--image_size", type=int, default=256)
+    parser_.add_argument("--threads", type=int, default=None, help="torch and OpenVINO threads (default: torch's)")
+    parser_.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
+    parser_.add_argument("--runs", type=int, default=5, help="timed batch-1 calls per variant (median)")
+    parser_.add_argument("--async_images", type=int, default=4, help="images per variant, THROUGHPUT hint; 0: skip")
+    parser_.add_argument("--calib_images", type=int, default=16, help="normal train images for INT8 calibration")
+    parser_.add_argument(
+        "--test_stride",
+        type=int,
+        default=None,
+        help="evaluate every Nth test image of each label (default: 3 for DraemWeak, ~4 s per OpenVINO call at "
+        "full width here; 1 for DestsegWeak; 1 = all 74)",
+    )
+    parser_.add_argument("--draem_ckpt", type=Path, help="DraemWeak Lightning checkpoint (default: train briefly)")
+    parser_.add_argument("--destseg_ckpt", type=Path, help="DestsegWeak Lightning checkpoint (default: train briefly)")
+    parser_.add_argument("--destseg_teacher", type=Path, help="local ImageNet resnet18 weights (default: random)")
+    parser_.add_argument("--train_steps", type=int, default=3, help="DraemWeak training steps without a checkpoint")
+    parser_.add_argument("--batch_size", type=int, default=2, help="DraemWeak training batch")
+    parser_.add_argument("--destseg_steps", type=int, default=8, help="DestsegWeak steps (half student, half seg.)")
+    parser_.add_argument("--destseg_batch_size", type=int, default=4, help="DestsegWeak training batch")
+    parser_.add_argument("--destseg_top_k", type=int, default=100, help="DestsegWeak's T (image score: top-T mean)")
+    parser_.add_argument("--val_ratio", type=float, default=0.1, help="share of test labels validated for stats")
+    parser_.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
+    parser_.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
+    parser_.add_argument("--perf", action="store_true", help="print OpenVINO per-layer-type times")
+    args = parser_.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.runs, args.async_images, args.calib_images = 64, 2, 2, 4
+        args.train_steps, args.destseg_steps, args.destseg_batch_size, args.destseg_top_k = 1, 2, 2, 10
+        args.reconstructive_width, args.discriminative_width = 8, 4
+        args.test_stride = args.test_stride or 12
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    json_path = args.json.resolve() if args.json else None
+    if args.draem_ckpt:
+        args.draem_ckpt = args.draem_ckpt.resolve()
+    if args.destseg_ckpt:
+        args.destseg_ckpt = args.destseg_ckpt.resolve()
+    if args.destseg_teacher:
+        args.destseg_teacher = args.destseg_teacher.resolve()
+    warnings.filterwarnings("ignore")
+    for noisy in ("anomalib", "lightning", "lightning.pytorch", "nncf"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    from lightning.pytorch import seed_everything
+
+    size = args.image_size
+    started = time.perf_counter()
+    results: dict[str, float | int | str] = {"image_size": size, "threads": args.threads, "batch": 1}
+    results["load_avg_1min_start"] = os.getloadavg()[0]  # other processes slow torch's OpenMP far more than OV
+    home = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as scratch_:
+        scratch = Path(scratch_)
+        os.chdir(scratch)  # anything written to the working directory (e.g. openvino_cache) goes here
+        try:
+            for name in args.models:
+                seed_everything(0, verbose=False)
+                stride = args.test_stride or (3 if name == "draem" else 1)
+                items = test_items(size, stride)
+                labels = [int(item.gt_label) for item in items]
+                results[f"{name}_test_images"] = f"{labels.count(0)}+{labels.count(1)} anom"
+                results |= bench(name, args, size, scratch, items)
+        finally:
+            os.chdir(home)
+    results["load_avg_1min_end"] = os.getloadavg()[0]
+    results["wall_s"] = time.perf_counter() - started
+    trained = [name for name in args.models if not (args.draem_ckpt if name == "draem" else args.destseg_ckpt)]
+    if trained:
+        print(
+            f"NOTE: {', '.join(trained)} weights are only briefly trained here: absolute AUROC/AP mean nothing, "
+            "only the FP16/INT8 minus FP32 deltas do."
+        )
+    report(results, json_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
