@@ -4,7 +4,8 @@ For each model, at batch 1 and ``--image_size`` (256):
 1. exports it three times with anomalib's ``Engine.export`` (OpenVINO; compression none = FP32, ``FP16``,
    ``INT8_PTQ`` = NNCF post-training quantisation calibrated on ``--calib_images`` normal bottle *training*
    images: the calibration datamodule's validation split is taken ``FROM_TRAIN``, because anomalib's
-   ``INT8_PTQ`` calibrates on ``val_dataloader()`` and MVTecAD's default validation split is the test set);
+   ``INT8_PTQ`` calibrates on ``val_dataloader()`` and MVTecAD's default validation split is the test set).
+   The torch -> ONNX trace, identical for the three, runs once and is reused (``export()`` says how);
 2. latency: median of ``--runs`` timed batch-1 calls after ``--warmup``, interleaved (torch, FP32, FP16, INT8
    in turn, on the same real test image), of the full forward in each: pre-processing, network and
    anomalib's post-processing, i.e. what the exported graph computes. Torch runs under
@@ -13,7 +14,8 @@ For each model, at batch 1 and ``--image_size`` (256):
    ``INFERENCE_NUM_THREADS=--threads``. Throughput: images/s of those sequential batch-1 calls, and of
    OpenVINO's THROUGHPUT hint with an ``AsyncInferQueue`` (``--async_images`` per variant);
 3. accuracy cost: every variant on the bottle test images (every ``--test_stride``-th of each label),
-   image AUROC and pixel AP, and each compressed variant's difference from FP32 in points.
+   image AUROC and pixel AP of the exported outputs (``pred_score``, ``anomaly_map``: anomalib-normalised),
+   and each compressed variant's difference from FP32 in points.
 
 Weights: ``--draem_ckpt`` / ``--destseg_ckpt`` (anomalib Lightning checkpoints); without them each model is
 trained here for a few steps only, so absolute AUROC/AP mean nothing and only the compression *deltas*
@@ -22,10 +24,11 @@ machine) unless ``--destseg_teacher`` names a local resnet18 file. Perlin anomal
 ../shared/data; nothing is downloaded. Exports go to a temporary folder, which is also the working directory
 while the script runs, so nothing is left behind.
 
-    python benchmarks/bench_infer.py                    # ~15 min on 2 cores, briefly trained weights
+    python benchmarks/bench_infer.py                    # ~15-20 min on 2 cores, briefly trained weights
     python benchmarks/bench_infer.py --draem_ckpt D.ckpt --destseg_ckpt S.ckpt --test_stride 1
     python benchmarks/bench_infer.py --perf             # + OpenVINO per-layer-type time (perf counters)
-    python benchmarks/bench_infer.py --smoke            # seconds: 64 px, tiny DRAEM, every path once
+    python benchmarks/bench_infer.py --smoke            # ~45 s: 64 px, tiny DraemWeak, every path once
+    python benchmarks/bench_infer.py --smoke --models draem destseg   # ~90 s: DestsegWeak's too
 
 Targets printed next to the results: OpenVINO FP32 latency <= 0.6x torch eager, INT8 <= 0.35x with at most
 1 point of pixel AP lost against FP32.
@@ -379,7 +382,12 @@ def bench(name: str, args, size: int, scratch: Path, items: list) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print the table."""
     parser_ = parser(__doc__)
-    parser_.add_argument("--models", nargs="+", choices=("draem", "destseg"), default=["draem", "destseg"])
+    parser_.add_argument(
+        "--models",
+        nargs="+",
+        choices=("draem", "destseg"),
+        help="default: both; with --smoke only draem (both take ~90 s, mostly the two torch->ONNX traces)",
+    )
     parser_.add_argument("--image_size", type=int, default=256)
     parser_.add_argument("--threads", type=int, default=None, help="torch and OpenVINO threads (default: torch's)")
     parser_.add_argument("--warmup", type=int, default=1, help="untimed calls per variant before timing")
@@ -411,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_steps, args.destseg_steps, args.destseg_batch_size, args.destseg_top_k = 1, 2, 2, 10
         args.reconstructive_width, args.discriminative_width = 8, 4
         args.test_stride = args.test_stride or 12
+    args.models = args.models or (["draem"] if args.smoke else ["draem", "destseg"])
 
     import torch
 

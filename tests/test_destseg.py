@@ -59,6 +59,18 @@ def test_forward_shapes_and_top_t_score() -> None:
     torch.testing.assert_close(output.pred_score, top)
 
 
+def test_one_image_training_batch_does_not_crash_the_segmentation_network() -> None:
+    """The last batch of an epoch can hold one image (bottle: 209 training images at batch 8)."""
+    model = tiny().model.train()
+    images = torch.rand(1, 3, 64, 64)
+    teacher = model.teacher_features(images)
+    student = model.student_features(images, [feature.shape[-2:] for feature in teacher])
+    logits = model.segment(teacher, student)
+    assert logits.shape == (1, 1, 16, 16)
+    batch_norms = [module for module in model.segmentation.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert batch_norms and all(module.training for module in batch_norms)  # back in training mode afterwards
+
+
 def test_teacher_is_frozen_and_student_and_segmentation_train() -> None:
     model = tiny().model
     assert not any(p.requires_grad for p in model.teacher.parameters())

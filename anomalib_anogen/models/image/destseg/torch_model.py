@@ -116,9 +116,24 @@ class AsppHead(nn.Module):
         self.branches = nn.ModuleList([conv_bn_relu(channels, 3, rate) for rate in rates])
         self.fusion = conv_bn_relu(channels * (1 + len(rates)), 3)
 
+    def _pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Image pooling; a one-image training batch normalises with the running statistics.
+
+        BatchNorm cannot take batch statistics of a single 1x1 map, and the last batch of an epoch can hold one
+        image (bottle: 209 training images), so training must not crash there.
+        """
+        batch_norm = self.pooling[1][1]
+        if not (self.training and features.shape[0] == 1):
+            return self.pooling(features)
+        batch_norm.eval()
+        try:
+            return self.pooling(features)
+        finally:
+            batch_norm.train()
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Fuse global context with three receptive fields."""
-        pooled = self.pooling(features).expand(-1, -1, *features.shape[-2:])  # exact "upsampling" of a 1x1 map
+        pooled = self._pool(features).expand(-1, -1, *features.shape[-2:])  # exact "upsampling" of a 1x1 map
         return self.fusion(torch.cat([pooled, *(branch(features) for branch in self.branches)], dim=1))
 
 
