@@ -12,6 +12,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+MVTEC = SHARED / "MVTecAD"  # anomalib MVTecAD layout
+CATEGORY = "bottle"  # the real category in ../shared/data
+NORMAL = MVTEC / CATEGORY / "train" / "good"
+SUPPORT = SHARED / "support" / CATEGORY  # the paper's 3-shot support anomalies with masks
+DTD = SHARED / "dtd" / "images"  # Perlin texture source: given to every DRAEM so nothing downloads
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -22,18 +27,23 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return result
 
 
-def make_paste_bank(output: Path, limit: int, per_image: int = 1) -> Path:
-    """A bank from the real bottle 3-shot support set with the model-free paste backend (``anogen generate``)."""
+def make_paste_bank(output: Path, limit: int, per_image: int = 1, resume: bool = False) -> Path:
+    """A bank from the real bottle 3-shot support set with the model-free paste backend (``anogen generate``).
+
+    ``resume``: generate's own ``--resume``: a finished bank with the same settings is kept, an interrupted one
+    completed.
+    """
     from anomalib_anogen.generation.generate import generate
 
     return generate(
-        normal=str(SHARED / "MVTecAD" / "bottle" / "train" / "good"),
+        normal=str(NORMAL),
         output=str(output),
         backend="paste",
-        support=str(SHARED / "support" / "bottle"),
+        support=str(SUPPORT),
         per_image=per_image,
         samples_per_box=1,
         max_images=limit,
+        resume=resume,
         progress=False,
     )
 

@@ -48,12 +48,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, SHARED, make_paste_bank, parser, report
+from _common import CATEGORY, DTD, MVTEC, NORMAL, REPO, SUPPORT, make_paste_bank, parser, report
 
-MVTEC = SHARED / "MVTecAD"
-CATEGORY = "bottle"
-DTD = SHARED / "dtd" / "images"
-SUPPORT = SHARED / "support" / CATEGORY
 TRAIN_IMAGES = 209  # bottle/train/good
 
 # Evaluator metric name -> column name.
@@ -189,16 +185,10 @@ def pick_device(name: str) -> str:
 
 
 def paste_bank(workdir: Path, images: int, per_image: int) -> Path:
-    """The paste bank from the 3-shot support set, made once and kept in ``workdir``."""
+    """The paste bank from the 3-shot support set, made once and kept in ``workdir`` (an interrupted one is resumed)."""
     bank = workdir / f"paste_bank_{images}x{per_image}"
-    if (bank / "bank.json").is_file() and json.loads((bank / "bank.json").read_text()).get("complete"):
-        return bank
-    if bank.exists():
-        import shutil
-
-        shutil.rmtree(bank)
     started = time.perf_counter()
-    make_paste_bank(bank, limit=images, per_image=per_image)
+    make_paste_bank(bank, limit=images, per_image=per_image, resume=True)
     print(f"paste bank: {images} normal images x {per_image} per defect type in {time.perf_counter() - started:.0f} s")
     return bank
 
@@ -230,7 +220,7 @@ def diffusion_bank(args: Any, workdir: Path) -> tuple[Path | None, str]:
     if not ((bank / "bank.json").is_file() and json.loads((bank / "bank.json").read_text()).get("complete")):
         started = time.perf_counter()
         generate(
-            normal=str(MVTEC / CATEGORY / "train" / "good"),
+            normal=str(NORMAL),
             output=str(bank),
             embeddings=str(embeddings),
             backbone=backbone,

@@ -49,10 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SHARED, parser, report
+from _common import CATEGORY, NORMAL, parser, report
 
-NORMAL = SHARED / "MVTecAD" / "bottle" / "train" / "good"
-CATEGORY = "bottle"
 TARGET_SPEEDUP = 20.0
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s by GPU name; the first match wins.
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [

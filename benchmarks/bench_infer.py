@@ -46,10 +46,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from _common import SHARED, parser, report
+from _common import DTD, MVTEC, NORMAL, parser, report
 
-BOTTLE_ROOT = SHARED / "MVTecAD"
-DTD = SHARED / "dtd" / "images"
 VARIANTS = ("fp32", "fp16", "int8")
 FP32_TARGET, INT8_TARGET, INT8_MAX_PIXEL_AP_LOSS = 0.6, 0.35, 1.0
 
@@ -61,7 +59,7 @@ def datamodule(size: int, batch_size: int, **kwargs: object):
 
     resize = None if size == 256 else Resize((size, size), antialias=True)
     return MVTecAD(
-        root=BOTTLE_ROOT,
+        root=MVTEC,
         category="bottle",
         train_batch_size=batch_size,
         eval_batch_size=batch_size,
@@ -125,7 +123,7 @@ def train(name: str, model, args, size: int, scratch: Path) -> int:
     extra = {"max_steps": args.train_steps} if draem else {}
     # Full batches only: bottle has 209 training images, so batch 2/4/8/16 ends each epoch with ONE image,
     # and DestsegWeak's ASPP image-pooling BatchNorm (1x1 map) cannot train on a single image (ValueError).
-    extra["limit_train_batches"] = len(list((BOTTLE_ROOT / "bottle" / "train" / "good").glob("*.png"))) // batch_size
+    extra["limit_train_batches"] = len(list(NORMAL.glob("*.png"))) // batch_size
     engine = Engine(
         default_root_dir=scratch / f"train_{name}",
         accelerator="cpu",
@@ -155,7 +153,7 @@ def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str
 
     # INT8_PTQ calibrates on val_dataloader(): make that a split of the normal *training* images, batch 1.
     # floor(209 * (n + 0.5) / 209) = n images go to validation (anomalib's random_split floors).
-    train_count = len(list((BOTTLE_ROOT / "bottle" / "train" / "good").glob("*.png")))
+    train_count = len(list(NORMAL.glob("*.png")))
     calibration = datamodule(size, 1, val_split_mode="from_train", val_split_ratio=(calib_images + 0.5) / train_count)
     calibration.setup("fit")
     calibrated = len(calibration.val_data)

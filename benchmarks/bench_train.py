@@ -61,10 +61,8 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import SHARED, make_paste_bank, parser, report
+from _common import DTD, NORMAL, make_paste_bank, parser, report
 
-DTD = SHARED / "dtd" / "images"
-NORMAL = SHARED / "MVTecAD" / "bottle" / "train" / "good"
 MODELS = ("draem", "draem_weak_perlin", "draem_weak_anogen", "destseg_weak_student", "destseg_weak_segmentation")
 REFERENCE = "draem"
 TARGET_MODEL, TARGET_RATIO = "draem_weak_anogen", 1.05
