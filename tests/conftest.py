@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,48 @@ RELEASED_EMBEDDINGS = SHARED / "anogen_reference" / "released_embeddings"
 
 # Lightning and anomalib write next to the working directory unless told otherwise.
 os.environ.setdefault("ANOMALIB_LOG_LEVEL", "WARNING")
+
+# Test-only switch: run the suite as if OpenVINO's CPU default precision were this one ("bf16" or "f32"),
+# to prove that no test depends on the default of the CPU it runs on (see docs/deploy.md).
+OPENVINO_DEFAULT_ENV = "ANOGEN_TEST_OPENVINO_DEFAULT"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _openvino_default_precision() -> Iterator[None]:
+    """With ``ANOGEN_TEST_OPENVINO_DEFAULT`` set, every ``openvino.Core`` gets that CPU default precision.
+
+    Where the CPU has no bf16, OpenVINO would run a bf16 default as f32, so the switch then rounds every
+    model compiled *without* an explicit precision through ``emulate_bf16``: a test that relied on the
+    default precision fails here as it would on an AVX-512 BF16 machine.
+    """
+    forced = os.environ.get(OPENVINO_DEFAULT_ENV)
+    if not forced:
+        yield
+        return
+    if forced not in ("bf16", "f32"):
+        pytest.exit(f"{OPENVINO_DEFAULT_ENV}={forced!r}: use bf16 or f32", returncode=2)
+    import openvino
+
+    from anomalib_anogen.deploy import cpu_info, emulate_bf16
+
+    emulate = forced == "bf16" and not cpu_info().native_bf16
+
+    class ForcedDefaultCore(openvino.Core):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.set_property("CPU", {"INFERENCE_PRECISION_HINT": forced})
+
+        def compile_model(self, model: object, device_name: object = None, config: dict | None = None, **kwargs):
+            if emulate and "INFERENCE_PRECISION_HINT" not in (config or {}):
+                model = emulate_bf16(model if isinstance(model, openvino.Model) else self.read_model(model))
+            return super().compile_model(model, device_name, config, **kwargs)
+
+    original = openvino.Core
+    openvino.Core = ForcedDefaultCore
+    try:
+        yield
+    finally:
+        openvino.Core = original
 
 
 def needs_shared_bottle() -> pytest.MarkDecorator:

@@ -83,6 +83,37 @@ def test_yaml_config_with_short_class_path_trains_tests_and_exports(tmp_path: Pa
     assert export.returncode == 0, export.stdout[-2000:] + export.stderr[-4000:]
     assert list((tmp_path / "exported").rglob("model.xml")), export.stdout[-2000:]
 
+    # INT8 as docs/deploy.md says: calibrated on a split of the normal *training* images, not on the test set.
+    int8 = run_cli(
+        [
+            "anomalib",
+            "export",
+            "--model",
+            "DraemWeak",
+            *TINY,
+            "--ckpt_path",
+            str(checkpoints[-1]),
+            "--export_type",
+            "openvino",
+            "--compression_type",
+            "INT8_PTQ",
+            "--data",
+            "MVTecAD",
+            *common,
+            "--data.val_split_mode",
+            "from_train",
+            "--data.val_split_ratio",
+            "0.5",
+            "--default_root_dir",
+            str(tmp_path / "int8"),
+        ],
+        cwd=tmp_path,
+    )
+    assert int8.returncode == 0, int8.stdout[-2000:] + int8.stderr[-4000:]
+    assert list((tmp_path / "int8").rglob("model.xml")), int8.stdout[-2000:]
+    # anomalib names the calibration set's size: half of the 8 toy training images (the test split has 9).
+    assert "found only 4 images" in int8.stdout + int8.stderr
+
 
 def test_bad_p_cutoff_fails_with_the_argument_named(tmp_path: Path) -> None:
     result = run_cli(

@@ -4,14 +4,57 @@ The models subclass ``AnomalibModule`` directly (anomalib resolves ``--model NAM
 direct subclasses only), so shared behaviour comes from a mixin rather than a base model.
 """
 
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
 from anomalib import LearningType
 from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
 
 from anomalib_anogen.metrics import anogen_evaluator
+
+# A normalisation range narrower than this share of the values' magnitude amplifies rounding noise
+# (another CPU, OpenVINO bf16) by 1 / width: 1e-3 means more than a thousandfold.
+DEGENERATE_RELATIVE_WIDTH = 1e-3
+
+
+def degenerate_normalisation(post_processor: PostProcessor | None) -> str | None:
+    """Why the post-processor's normalisation statistics are degenerate, or ``None`` when they are usable.
+
+    anomalib normalises scores as ``(x - threshold) / (max - min) + 0.5`` with ``min``/``max`` from the
+    validation set. When ``max - min`` is ~0 (a model barely trained, or validated on too few or
+    identical images), any tiny numeric difference becomes a large change of the normalised output.
+    """
+    if not isinstance(post_processor, PostProcessor) or not post_processor.enable_normalization:
+        return None
+    problems = []
+    for level in ("image", "pixel"):
+        low = float(getattr(post_processor, f"{level}_min"))
+        high = float(getattr(post_processor, f"{level}_max"))
+        if math.isnan(low) or math.isnan(high):
+            continue  # never validated: anomalib leaves the outputs unnormalised
+        width = high - low
+        if width <= DEGENERATE_RELATIVE_WIDTH * max(abs(low), abs(high), 1e-12):
+            amplification = f"x{1 / width:.0e}" if width > 0 else "to a 0/0.5/1 step"
+            span = f"[{low:.6g}, {high:.6g}]"
+            problems.append(f"{level} scores span only {span} (normalisation amplifies {amplification})")
+    if not problems:
+        return None
+    return (
+        "degenerate normalisation statistics: "
+        + "; ".join(problems)
+        + ". Normalised scores, maps and decisions then change with any rounding difference (another CPU, "
+        "OpenVINO bf16). Cause: the model is barely trained or was validated on too few or too similar "
+        "images; train longer and validate on normal and anomalous images before exporting."
+    )
 
 
 class SyntheticAnomalyModel:
     """One-class training on synthetic anomalies, evaluated with the metrics AnoGen reports."""
+
+    post_processor: PostProcessor | None
 
     @property
     def learning_type(self) -> LearningType:
@@ -22,3 +65,18 @@ class SyntheticAnomalyModel:
     def configure_evaluator() -> Evaluator:
         """Image and pixel AUROC, AP and F1, plus pixel AUPRO: the metrics AnoGen reports."""
         return anogen_evaluator()
+
+    def warn_if_degenerate_normalisation(self) -> None:
+        """Warn, naming the cause, when the normalisation statistics would amplify numeric noise."""
+        problem = degenerate_normalisation(self.post_processor)
+        if problem:
+            warnings.warn(f"{type(self).__name__}: {problem}", UserWarning, stacklevel=2)
+
+    def on_validation_epoch_end(self) -> None:
+        """After the post-processor (a callback, called first) has computed its statistics: check them."""
+        self.warn_if_degenerate_normalisation()
+
+    def to_onnx(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's ONNX export (also the first step of OpenVINO export), after checking the statistics."""
+        self.warn_if_degenerate_normalisation()
+        return super().to_onnx(export_root, *args, **kwargs)  # type: ignore[misc]

@@ -1,0 +1,23 @@
+"""Deploying an exported model on CPU line PCs: explicit OpenVINO precision, torch parity, CPU facts.
+
+OpenVINO's CPU plugin picks the inference precision itself unless told: ``f32`` on AVX2-only CPUs,
+``bf16`` on CPUs with AVX-512 BF16 or AMX. An "FP32" export therefore runs in bf16 on most modern
+Xeon/EPYC line PCs. Everything here makes the precision an explicit, recorded choice; see docs/deploy.md.
+"""
+
+from .openvino import PRECISIONS, CpuInfo, compiled_precision, cpu_info, emulate_bf16, load_inferencer, openvino_config
+from .parity import Parity, check_parity, export_raw, raw_outputs
+
+__all__ = [
+    "PRECISIONS",
+    "CpuInfo",
+    "Parity",
+    "check_parity",
+    "compiled_precision",
+    "cpu_info",
+    "emulate_bf16",
+    "export_raw",
+    "load_inferencer",
+    "openvino_config",
+    "raw_outputs",
+]
