@@ -77,7 +77,10 @@ def report(results: dict, json_path: Path | None, title: str = "measure") -> Non
     width = max([len(title), *(len(str(name)) for name in results)]) + 2
     print(f"{title:<{width}}{'value':>14}")
     for name, value in results.items():
-        text = f"{value:>14.4f}" if isinstance(value, float) else f"{value!s:>14}"
+        if isinstance(value, float):
+            text = f"{value:>14.3e}" if 0 < abs(value) < 1e-3 else f"{value:>14.4f}"
+        else:
+            text = f"{value!s:>14}"
         print(f"{name!s:<{width}}{text}")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

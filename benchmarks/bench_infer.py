@@ -1,4 +1,11 @@
-"""Inference speed of DraemWeak and DestsegWeak on this CPU: torch eager vs OpenVINO FP32, FP16 and INT8.
+"""Inference speed of DraemWeak and DestsegWeak on this CPU: torch eager vs OpenVINO f32, bf16, FP16 and INT8.
+
+Models: ``draem`` (DraemWeak, DRAEM's widths 128/64), ``draem_small`` (DraemWeak at ``--small_widths``, 64/32:
+the latency/accuracy trade-off for a line PC at batch 1) and ``destseg`` (DestsegWeak). Every OpenVINO variant
+runs with its inference precision set explicitly (``anomalib_anogen.deploy.openvino_config``): ``fp32`` = the
+FP32 IR at f32, ``bf16`` = the same IR at bf16 (only where the CPU runs bf16; elsewhere reported as not
+supported, with the CPU flags), ``fp16`` = the FP16-compressed IR at f32, ``int8`` = the INT8 IR at f32 for its
+remaining float layers. The report starts with the CPU, OpenVINO's default precision on it and its flags.
 
 For each model, at batch 1 and ``--image_size`` (256):
 1. exports it three times with anomalib's ``Engine.export`` (OpenVINO; compression none = FP32, ``FP16``,
@@ -15,7 +22,10 @@ For each model, at batch 1 and ``--image_size`` (256):
    OpenVINO's THROUGHPUT hint with an ``AsyncInferQueue`` (``--async_images`` per variant);
 3. accuracy cost: every variant on the bottle test images (every ``--test_stride``-th of each label),
    image AUROC and pixel AP of the exported outputs (``pred_score``, ``anomaly_map``: anomalib-normalised),
-   and each compressed variant's difference from FP32 in points.
+   and each compressed variant's difference from FP32 in points;
+4. raw-output parity (``anomalib_anogen.deploy.check_parity`` on an export without normalisation): the largest
+   anomaly-map and score differences from torch at f32 and at bf16 (real bf16 where the CPU has it, otherwise
+   ``emulate_bf16``, labelled ``emulated``), on ``--parity_images`` test images.
 
 Weights: ``--draem_ckpt`` / ``--destseg_ckpt`` (anomalib Lightning checkpoints); without them each model is
 trained here for a few steps only, so absolute AUROC/AP mean nothing and only the compression *deltas*
@@ -29,6 +39,7 @@ while the script runs, so nothing is left behind.
     python benchmarks/bench_infer.py --perf             # + OpenVINO per-layer-type time (perf counters)
     python benchmarks/bench_infer.py --smoke            # ~45 s: 64 px, tiny DraemWeak, every path once
     python benchmarks/bench_infer.py --smoke --models draem destseg   # ~90 s: DestsegWeak's too
+    python benchmarks/bench_infer.py --models draem_small            # the reduced-width DraemWeak only
 
 Targets printed next to the results: OpenVINO FP32 latency <= 0.6x torch eager, INT8 <= 0.35x with at most
 1 point of pixel AP lost against FP32.
@@ -48,7 +59,10 @@ from pathlib import Path
 import numpy as np
 from _common import DTD, MVTEC, NORMAL, parser, report
 
-VARIANTS = ("fp32", "fp16", "int8")
+VARIANTS = ("fp32", "bf16", "fp16", "int8")
+# Which exported IR each variant runs, and at which OpenVINO inference precision.
+IR_OF = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp16", "int8": "int8"}
+PRECISION_OF = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
 FP32_TARGET, INT8_TARGET, INT8_MAX_PIXEL_AP_LOSS = 0.6, 0.35, 1.0
 
 
@@ -70,26 +84,30 @@ def datamodule(size: int, batch_size: int, **kwargs: object):
     )
 
 
+def checkpoint_of(name: str, args) -> Path | None:
+    """The checkpoint given for this model, if any (``--draem_ckpt`` serves both DraemWeak rows)."""
+    return args.draem_ckpt if name.startswith("draem") else args.destseg_ckpt
+
+
 def build(name: str, args, size: int):
     """A fresh model, or the one in its checkpoint; returns (model, how its weights came about)."""
     from anomalib_anogen.models import DestsegWeak, DraemWeak
 
-    checkpoint = args.draem_ckpt if name == "draem" else args.destseg_ckpt
-    model_class = DraemWeak if name == "draem" else DestsegWeak
+    draem = name.startswith("draem")
+    checkpoint = checkpoint_of(name, args)
+    model_class = DraemWeak if draem else DestsegWeak
     if checkpoint:
         # Training-only paths saved in the hyperparameters may not exist here; the teacher is in the state dict.
-        overrides = {"dtd_dir": DTD} | ({} if name == "draem" else {"pretrained_weights": None})
+        overrides = {"dtd_dir": DTD} | ({} if draem else {"pretrained_weights": None})
         model = model_class.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
         return model, f"checkpoint {checkpoint}"
     common = {"dtd_dir": DTD, "pre_processor": model_class.configure_pre_processor((size, size))}
     common |= {"evaluator": False, "visualizer": False}  # metrics are computed below, on the OpenVINO outputs
-    if name == "draem":
-        model = DraemWeak(
-            reconstructive_width=args.reconstructive_width,
-            discriminative_width=args.discriminative_width,
-            **common,
-        )
-        return model, f"briefly trained here: {args.train_steps} steps at batch {args.batch_size}"
+    if draem:
+        widths = args.small_widths if name == "draem_small" else (args.reconstructive_width, args.discriminative_width)
+        model = DraemWeak(reconstructive_width=widths[0], discriminative_width=widths[1], **common)
+        trained = f"briefly trained here: {args.train_steps} steps at batch {args.batch_size}"
+        return model, f"widths {widths[0]}/{widths[1]}, {trained}"
     teacher = str(args.destseg_teacher) if args.destseg_teacher else "random"
     model = DestsegWeak(
         pretrained_weights=teacher,
@@ -112,7 +130,7 @@ def train(name: str, model, args, size: int, scratch: Path) -> int:
     from anomalib.callbacks.checkpoint import ModelCheckpoint
     from anomalib.engine import Engine
 
-    draem = name == "draem"
+    draem = name.startswith("draem")
     batch_size = args.batch_size if draem else args.destseg_batch_size
     data = datamodule(
         size,
@@ -178,7 +196,8 @@ def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str
     paths, seconds = {}, {}
     model.to_onnx = to_onnx
     try:
-        for variant, compression in zip(VARIANTS, (None, CompressionType.FP16, CompressionType.INT8_PTQ), strict=True):
+        exports = (("fp32", None), ("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ))
+        for variant, compression in exports:
             started = time.perf_counter()
             paths[variant] = Path(
                 engine.export(
@@ -197,11 +216,13 @@ def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str
     return paths, seconds, calibrated
 
 
-def compile_ov(core, path: Path, size: int, threads: int, hint: str, perf: bool = False):
-    """Read an exported model, fix its input to 1x3xHxW and compile it for the CPU."""
+def compile_ov(core, path: Path, size: int, threads: int, hint: str, precision: str, perf: bool = False):
+    """Read an exported model, fix its input to 1x3xHxW and compile it for the CPU at an explicit precision."""
+    from anomalib_anogen.deploy import openvino_config
+
     network = core.read_model(path)
     network.reshape({network.input(0): [1, 3, size, size]})
-    config = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": threads}
+    config = openvino_config(precision, PERFORMANCE_HINT=hint, INFERENCE_NUM_THREADS=threads)
     if hint == "LATENCY":
         config["NUM_STREAMS"] = 1
     if perf:
@@ -291,7 +312,7 @@ def accuracy(requests: dict, items: list) -> dict[str, dict[str, float]]:
 def perf_profile(core, paths: dict[str, Path], size: int, threads: int, image: np.ndarray, top: int = 8) -> None:
     """Print where each OpenVINO variant spends its time: per-layer perf counters summed by (type, kernel)."""
     for variant, path in paths.items():
-        request = compile_ov(core, path, size, threads, "LATENCY", perf=True).create_infer_request()
+        request = compile_ov(core, path, size, threads, "LATENCY", "f32", perf=True).create_infer_request()
         request.infer({0: image})
         totals: dict[tuple[str, str], float] = defaultdict(float)
         runs = 3
@@ -305,61 +326,90 @@ def perf_profile(core, paths: dict[str, Path], size: int, threads: int, image: n
             print(f"    {node_type:<22} {exec_type:<28} {ms:9.1f} ms {100 * ms / total:5.1f} %")
 
 
+def raw_parity(name: str, model, size: int, scratch: Path, items: list, native_bf16: bool) -> dict[str, float | str]:
+    """Largest raw anomaly-map / score differences from torch at f32 and bf16 (emulated where the CPU has none)."""
+    import openvino as ov
+    import torch
+
+    from anomalib_anogen.deploy import check_parity, emulate_bf16, export_raw
+
+    raw_xml = export_raw(model, scratch / f"{name}_raw", (size, size))
+    images = [torch.as_tensor(item.image).unsqueeze(0) for item in items]
+    f32 = check_parity(model, raw_xml, images, precision="f32")
+    if native_bf16:
+        bf16, label = check_parity(model, raw_xml, images, precision="bf16"), "bf16"
+    else:
+        bf16, label = check_parity(model, emulate_bf16(ov.Core().read_model(raw_xml)), images), "bf16_emulated"
+    print(f"[{name}] raw parity: {f32}\n[{name}] raw parity ({label}): {bf16}", flush=True)
+    return {
+        f"{name}_raw_map_range": f32.map_range,
+        f"{name}_f32_vs_torch_raw_map_diff": f32.max_map_difference,
+        f"{name}_f32_vs_torch_raw_score_diff": f32.max_score_difference,
+        f"{name}_{label}_vs_torch_raw_map_diff": bf16.max_map_difference,
+        f"{name}_{label}_vs_torch_raw_score_diff": bf16.max_score_difference,
+    }
+
+
 def bench(name: str, args, size: int, scratch: Path, items: list) -> dict[str, float | int | str]:
     """All measurements for one model; keys are prefixed with the model name."""
     import openvino as ov
-    import torch
+
+    from anomalib_anogen.deploy import compiled_precision, cpu_info
 
     started = time.perf_counter()
     model, weights = build(name, args, size)
     results: dict[str, float | int | str] = {f"{name}_weights": weights}
     print(f"[{name}] weights: {weights}", flush=True)
-    if not (args.draem_ckpt if name == "draem" else args.destseg_ckpt):
+    if not checkpoint_of(name, args):
         results[f"{name}_val_images_for_postprocessing"] = train(name, model, args, size, scratch)
         results[f"{name}_train_s"] = time.perf_counter() - started
         print(f"[{name}] trained in {results[f'{name}_train_s']:.0f} s", flush=True)
     model.eval()
     paths, export_seconds, calibrated = export(model, size, scratch / name, args.calib_images)
     results[f"{name}_int8_calibration_images_normal_train"] = calibrated
-    for variant in VARIANTS:
-        results[f"{name}_export_s_{variant}"] = export_seconds[variant]
+    for variant, seconds in export_seconds.items():
+        results[f"{name}_export_s_{variant}"] = seconds
     print(f"[{name}] exported: {', '.join(f'{v} {s:.0f} s' for v, s in export_seconds.items())}", flush=True)
 
     core = ov.Core()
-    compiled = {variant: compile_ov(core, paths[variant], size, args.threads, "LATENCY") for variant in VARIANTS}
-    results[f"{name}_ov_inference_precision"] = (
-        compiled["fp32"].get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    )
+    native_bf16 = cpu_info().native_bf16
+    variants = [variant for variant in VARIANTS if variant != "bf16" or native_bf16]
+    if not native_bf16:
+        results[f"{name}_ov_bf16"] = "not supported by this CPU (see cpu_flags)"
+    compiled = {
+        variant: compile_ov(core, paths[IR_OF[variant]], size, args.threads, "LATENCY", PRECISION_OF[variant])
+        for variant in variants
+    }
+    for variant, compiled_model in compiled.items():
+        results[f"{name}_ov_{variant}_ran_in"] = compiled_precision(compiled_model)
     requests = {variant: model_.create_infer_request() for variant, model_ in compiled.items()}
     image = items[-1].image.unsqueeze(0).numpy()  # a real test image (an anomalous one)
-
-    with torch.inference_mode():
-        reference = model(torch.from_numpy(image)).anomaly_map.reshape(-1).numpy()
-    fp32_map = np.asarray(requests["fp32"].infer({0: image})["anomaly_map"]).reshape(-1)
-    results[f"{name}_fp32_vs_torch_max_abs_map_diff"] = float(np.abs(fp32_map - reference).max())
+    results |= raw_parity(name, model, size, scratch, items[-args.parity_images :], native_bf16)
 
     times = latency(model, requests, image, args.warmup, args.runs)
     torch_ms = 1000 * statistics.median(times["torch"])
     results[f"{name}_torch_latency_ms"] = torch_ms
-    for variant in VARIANTS:
+    for variant in variants:
         results[f"{name}_ov_{variant}_latency_ms"] = 1000 * statistics.median(times[variant])
-    for variant in VARIANTS:
+    for variant in variants:
         results[f"{name}_ov_{variant}_over_torch"] = results[f"{name}_ov_{variant}_latency_ms"] / torch_ms
     for label, values in times.items():
         label_ = label if label == "torch" else f"ov_{label}"
         results[f"{name}_{label_}_seq_images_per_s"] = len(values) / sum(values)
     if args.async_images:
-        async_compiled = {v: compile_ov(core, paths[v], size, args.threads, "THROUGHPUT") for v in VARIANTS}
+        async_compiled = {
+            v: compile_ov(core, paths[IR_OF[v]], size, args.threads, "THROUGHPUT", PRECISION_OF[v]) for v in variants
+        }
         for variant, rate in async_throughput(async_compiled, image, args.async_images).items():
             results[f"{name}_ov_{variant}_async_images_per_s"] = rate
         del async_compiled
     print(f"[{name}] latency done", flush=True)
 
     metrics = accuracy(requests, items)
-    for variant in VARIANTS:
+    for variant in variants:
         results[f"{name}_ov_{variant}_image_auroc"] = metrics[variant]["image_auroc"]
         results[f"{name}_ov_{variant}_pixel_ap"] = metrics[variant]["pixel_ap"]
-    for variant in VARIANTS[1:]:
+    for variant in variants[1:]:
         for metric in ("image_auroc", "pixel_ap"):
             delta = metrics[variant][metric] - metrics["fp32"][metric]
             results[f"{name}_{variant}_minus_fp32_{metric}_pts"] = delta
@@ -383,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument(
         "--models",
         nargs="+",
-        choices=("draem", "destseg"),
-        help="default: both; with --smoke only draem (both take ~90 s, mostly the two torch->ONNX traces)",
+        choices=("draem", "draem_small", "destseg"),
+        help="default: all three; with --smoke only draem (both draem and destseg take ~90 s, mostly the ONNX traces)",
     )
     parser_.add_argument("--image_size", type=int, default=256)
     parser_.add_argument("--threads", type=int, default=None, help="torch and OpenVINO threads (default: torch's)")
@@ -410,14 +460,24 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--val_ratio", type=float, default=0.1, help="share of test labels validated for stats")
     parser_.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
     parser_.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
+    parser_.add_argument(
+        "--small_widths",
+        type=int,
+        nargs=2,
+        default=(64, 32),
+        metavar=("RECONSTRUCTIVE", "DISCRIMINATIVE"),
+        help="DraemWeak widths of the draem_small row (default 64 32)",
+    )
+    parser_.add_argument("--parity_images", type=int, default=4, help="test images for the raw-output parity")
     parser_.add_argument("--perf", action="store_true", help="print OpenVINO per-layer-type times")
     args = parser_.parse_args(argv)
     if args.smoke:
         args.image_size, args.runs, args.async_images, args.calib_images = 64, 2, 2, 4
         args.train_steps, args.destseg_steps, args.destseg_batch_size, args.destseg_top_k = 1, 2, 2, 10
-        args.reconstructive_width, args.discriminative_width = 8, 4
+        args.reconstructive_width, args.discriminative_width, args.small_widths = 8, 4, (4, 2)
+        args.parity_images = 2
         args.test_stride = args.test_stride or 12
-    args.models = args.models or (["draem"] if args.smoke else ["draem", "destseg"])
+    args.models = args.models or (["draem"] if args.smoke else ["draem", "draem_small", "destseg"])
 
     import torch
 
@@ -439,7 +499,18 @@ def main(argv: list[str] | None = None) -> int:
 
     size = args.image_size
     started = time.perf_counter()
-    results: dict[str, float | int | str] = {"image_size": size, "threads": args.threads, "batch": 1}
+    from anomalib_anogen.deploy import cpu_info
+
+    info = cpu_info()
+    results: dict[str, float | int | str] = {
+        "cpu": info.name,
+        "cpu_flags": " ".join(info.flags) or "unknown",
+        "ov_default_precision": info.default_precision,
+        "ov_native_bf16": str(info.native_bf16),
+        "image_size": size,
+        "threads": args.threads,
+        "batch": 1,
+    }
     results["load_avg_1min_start"] = os.getloadavg()[0]  # other processes slow torch's OpenMP far more than OV
     home = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as scratch_:
@@ -457,11 +528,11 @@ def main(argv: list[str] | None = None) -> int:
             os.chdir(home)
     results["load_avg_1min_end"] = os.getloadavg()[0]
     results["wall_s"] = time.perf_counter() - started
-    trained = [name for name in args.models if not (args.draem_ckpt if name == "draem" else args.destseg_ckpt)]
+    trained = [name for name in args.models if not checkpoint_of(name, args)]
     if trained:
         print(
             f"NOTE: {', '.join(trained)} weights are only briefly trained here: absolute AUROC/AP mean nothing, "
-            "only the FP16/INT8 minus FP32 deltas do."
+            "only the bf16/FP16/INT8 minus FP32 deltas do."
         )
     report(results, json_path)
     return 0
