@@ -149,7 +149,6 @@ def test_bf16_is_honoured_and_bounded(deployed: Deployed) -> None:
         assert bf16.max_map_difference == f32.max_map_difference
         bf16 = check_parity(deployed.model, emulate_bf16(ov.Core().read_model(deployed.raw_xml)), deployed.images)
         assert bf16.max_map_difference > 10 * f32.max_map_difference, (bf16, f32)
-    print("PARITY", deployed.name, f32, "|", bf16)
     assert bf16.max_map_difference <= BF16_MAX_DIFFERENCE, bf16
     assert bf16.max_score_difference <= BF16_MAX_DIFFERENCE, bf16
 
@@ -160,8 +159,10 @@ def test_deployable_export_runs_through_anomalibs_inferencer_at_the_chosen_preci
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """load_inferencer = OpenVINOInferencer(config=openvino_config(...)); its outputs are torch's, normalised."""
-    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes ./openvino_cache
+    monkeypatch.chdir(tmp_path)
     inferencer = load_inferencer(deployed.xml, precision="f32")
+    assert not (tmp_path / "openvino_cache").exists()  # anomalib's ./openvino_cache goes beside the model
+    assert (deployed.xml.parent / "openvino_cache").is_dir()
     assert inferencer.model.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     raw_inferencer = load_inferencer(deployed.raw_xml, precision="f32")
     image = deployed.images[-1]

@@ -48,10 +48,23 @@ def openvino_config(precision: str = "f32", **properties: Any) -> dict[str, Any]
 
 
 def load_inferencer(path: str | Path, precision: str = "f32", device: str = "CPU") -> "OpenVINOInferencer":
-    """Anomalib's ``OpenVINOInferencer`` for ``path`` with the inference precision set explicitly."""
+    """Anomalib's ``OpenVINOInferencer`` for ``path`` with the inference precision set explicitly.
+
+    anomalib's inferencer keeps OpenVINO's compiled-model cache in ``./openvino_cache`` of the current
+    directory; here it goes beside the model instead (``<model folder>/openvino_cache``).
+    """
+    import os
+
     from anomalib.deploy import OpenVINOInferencer
 
-    return OpenVINOInferencer(path=path, device=device, config=openvino_config(precision))
+    config = openvino_config(precision)
+    path = Path(path).resolve()
+    working_directory = Path.cwd()
+    os.chdir(path.parent)
+    try:
+        return OpenVINOInferencer(path=path, device=device, config=config)
+    finally:
+        os.chdir(working_directory)
 
 
 def compiled_precision(compiled: "openvino.CompiledModel") -> str:

@@ -18,6 +18,8 @@ from anomalib_anogen.metrics import anogen_evaluator
 # A normalisation range narrower than this share of the values' magnitude amplifies rounding noise
 # (another CPU, OpenVINO bf16) by 1 / width: 1e-3 means more than a thousandfold.
 DEGENERATE_RELATIVE_WIDTH = 1e-3
+# The ONNX opset torch's exporter produces natively (see ``to_onnx``).
+ONNX_OPSET = 18
 
 
 def degenerate_normalisation(post_processor: PostProcessor | None) -> str | None:
@@ -77,6 +79,11 @@ class SyntheticAnomalyModel:
         self.warn_if_degenerate_normalisation()
 
     def to_onnx(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
-        """Anomalib's ONNX export (also the first step of OpenVINO export), after checking the statistics."""
+        """Anomalib's ONNX export (also the first step of OpenVINO export), after checking the statistics.
+
+        The default ONNX opset is 18 instead of anomalib's 14: torch's exporter writes opset 18 and
+        down-converting it to 14 fails (harmlessly, but with a long onnxscript traceback on every export).
+        """
         self.warn_if_degenerate_normalisation()
+        kwargs.setdefault("opset_version", ONNX_OPSET)
         return super().to_onnx(export_root, *args, **kwargs)  # type: ignore[misc]
