@@ -112,6 +112,13 @@ def test_workers_read_the_bank(bank: tuple[Path, list[dict]]) -> None:
     synthetic = generator.generate(torch.rand(8, 3, 64, 64))
     assert synthetic.is_box.all()
     assert generator._stream is not None and len(generator._pending) == 0
+    workers = [worker for worker in generator._stream._workers]
+    assert len(workers) == 2 and all(worker.is_alive() for worker in workers)
+    generator.close()  # what the models do at the end of training
+    assert generator._stream is None
+    assert not any(worker.is_alive() for worker in workers)
+    assert generator.generate(torch.rand(2, 3, 64, 64)).is_box.all()  # a later draw starts new workers
+    generator.close()
 
 
 def test_exclude_defects(bank: tuple[Path, list[dict]]) -> None:

@@ -74,6 +74,12 @@ class SyntheticAnomalyModel:
         if problem:
             warnings.warn(f"{type(self).__name__}: {problem}", UserWarning, stacklevel=2)
 
+    def on_train_end(self) -> None:
+        """Release what the synthetic-anomaly generator holds (the anogen bank's reader processes)."""
+        close = getattr(getattr(self, "augmenter", None), "close", None)
+        if callable(close):
+            close()
+
     def on_validation_epoch_end(self) -> None:
         """After the post-processor (a callback, called first) has computed its statistics: check them."""
         self.warn_if_degenerate_normalisation()

@@ -141,6 +141,15 @@ class AnoGenAnomalyGenerator(nn.Module):
         )
         self._stream, self._stream_size, self._pending = iter(loader), size, deque()
 
+    def close(self) -> None:
+        """Stop the bank-reading worker processes now (the next ``draw`` starts new ones).
+
+        Dropping the last reference to the DataLoader iterator shuts its persistent workers down and
+        unregisters them from torch's SIGCHLD handler; left to the garbage collector, they linger until
+        an arbitrary later moment.
+        """
+        self._stream, self._stream_size, self._pending = None, None, deque()
+
     def draw(self, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``count`` random bank samples at ``size``: anomalous images, box masks, source images."""
         if self._stream is None or self._stream_size != size:
