@@ -23,6 +23,22 @@ os.environ.setdefault("ANOMALIB_LOG_LEVEL", "WARNING")
 OPENVINO_DEFAULT_ENV = "ANOGEN_TEST_OPENVINO_DEFAULT"
 
 
+@pytest.fixture(autouse=True)
+def _default_sigchld_disposition() -> Iterator[None]:
+    """After each test, SIGCHLD goes back to its default disposition.
+
+    torch installs a Python SIGCHLD handler the first time a DataLoader starts worker processes and keeps it
+    for the life of the process. In this long-lived test process a later child's exit then ran that handler
+    on a corrupted alternate signal stack and killed pytest with SIGSEGV (si_code SI_KERNEL, in
+    ``waitpid``), after the OpenVINO/NNCF tests. Each test's workers are gone when it ends (the generator's
+    ``close``), so the handler has nothing left to watch.
+    """
+    yield
+    import signal
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _openvino_default_precision() -> Iterator[None]:
     """With ``ANOGEN_TEST_OPENVINO_DEFAULT`` set, every ``openvino.Core`` gets that CPU default precision.
