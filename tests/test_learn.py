@@ -3,6 +3,8 @@
 import json
 import os
 import pickle
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +74,7 @@ def tiny():
 def _learn_fails(match: str, output: Path, **kwargs: object) -> None:
     with pytest.raises(AnogenInputError, match=match):
         learn(output=str(output), **{**FAST, **kwargs})
-    assert not output.exists() or not any(output.iterdir()), "something was left in --output"
+    assert not output.is_dir() or not any(output.iterdir()), "something was left in --output"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,21 +211,97 @@ class Payload:
     """Any class outside the allow-list: unpickling it could run code, so it must be refused."""
 
 
+def _released(path: Path, vector: torch.Tensor | None = None, **extra: object) -> Path:
+    """A file in the released format: ``{"string_to_token": {"*": 1008}, "string_to_param": {"*": [1, 1280]}}``."""
+    vector = torch.randn(1, 1280) if vector is None else vector
+    param = torch.nn.ParameterDict({"*": torch.nn.Parameter(vector)})
+    torch.save({"string_to_token": {"*": torch.tensor(1008)}, "string_to_param": param, **extra}, path)
+    return path
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_import_refuses_anything_beyond_the_allow_list(tmp_path: Path) -> None:
-    param = torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, 1280))})
-    torch.save({"string_to_token": {"*": torch.tensor(1)}, "string_to_param": param, "x": Payload()}, tmp_path / "a.pt")
-    with pytest.raises(AnogenInputError, match="allow-list"):
+    _released(tmp_path / "a.pt", x=Payload())
+    with pytest.raises(
+        AnogenInputError,
+        match=r"a\.pt: refused, a torch file holding an object of class .*Payload "
+        r"outside the allow-list",
+    ) as refused:
         load_released(tmp_path / "a.pt")
-    torch.save({"string_to_token": {"*": torch.tensor(1)}, "string_to_param": param, "extra": 1}, tmp_path / "b.pt")
-    with pytest.raises(AnogenInputError, match="refused"):
+    _released(tmp_path / "b.pt", extra=1)
+    with pytest.raises(AnogenInputError, match=r"b\.pt: refused, a torch file holding a dict with keys \['extra'"):
         load_released(tmp_path / "b.pt")
     (tmp_path / "c.pt").write_bytes(pickle.dumps(os.system))
-    with pytest.raises(AnogenInputError, match=r"c\.pt"):
+    with pytest.raises(AnogenInputError, match=r"c\.pt: not a torch file \(it is a plain Python pickle"):
         load_released(tmp_path / "c.pt")
     with pytest.raises(AnogenInputError, match=r"a\.pt"):
         import_embedding(input=[str(tmp_path / "a.pt")], output=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    assert "weights_only" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"string_to_token": {}}', r"not a torch file \(it looks like JSON\)"),
+        (b"hello", r"not a torch file \(it looks like text\)"),
+        (b"", r"not a torch file \(it is empty\)"),
+        (b"\x89PNG\r\n\x1a\n0000", r"not a torch file \(it looks like a PNG image\)"),
+        ("tensor", r"refused, a torch file holding a tensor of shape \[3\]; expected a released AnoGen embedding"),
+        ("truncated", r"not a torch file \(it is a truncated or damaged zip archive"),
+        ("no version record", r"a torch file that cannot be read, damaged or truncated \(Expected hasRecord"),
+    ],
+)
+def test_import_says_what_a_non_embedding_file_is(tmp_path: Path, content: bytes | str, expected: str) -> None:
+    path = tmp_path / "file.pt"
+    if content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "truncated":
+        _released(path)
+        path.write_bytes(path.read_bytes()[:-100])
+    elif content == "no version record":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", b"garbage")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(AnogenInputError, match=r"file\.pt: " + expected) as refused:
+        load_released(path)
+    assert "weights_only" not in str(refused.value)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_import_refuses_non_finite_released_embeddings(tmp_path: Path) -> None:
+    vector = torch.randn(1, 1280)
+    vector[0, 7] = float("inf")
+    _released(tmp_path / "bottle_inf.pt", vector)
+    _released(tmp_path / "bottle_ok.pt")
+    with pytest.raises(AnogenInputError, match=r"bottle_inf\.pt: the embedding holds 1 NaN/Inf value\(s\) of 1280"):
+        import_embedding(input=str(tmp_path), output=str(tmp_path / "out"), category="bottle")
+    assert not (tmp_path / "out").exists(), "nothing is written when one input is refused"
+    with pytest.raises(AnogenInputError, match=r"--defect '\.\./x' must be a folder name"):
+        import_embedding(input=str(tmp_path / "bottle_ok.pt"), output=str(tmp_path / "out"), defect="../x")
+
+
+def test_load_refuses_a_changed_or_non_finite_embedding(tmp_path: Path) -> None:
+    from anomalib_anogen.generation.embeddings import write_embedding_dir
+
+    folder = write_embedding_dir(tmp_path, "crack", "<t>", torch.ones(1, 32), {"format": "anogen-embedding/1"}, False)
+    assert torch.equal(load_embedding(folder).vector, torch.ones(1, 32))
+    file = folder / EMBEDDING_FILE
+    recorded = json.loads((folder / METADATA_FILE).read_text())["embedding_sha256"]
+    file.write_bytes(file.read_bytes().replace(b"\x00\x00\x80\x3f", b"\x00\x00\x00\x40", 1))  # a 1.0 -> 2.0
+    with pytest.raises(AnogenInputError) as changed:
+        load_embedding(folder)
+    message = str(changed.value)
+    assert message.startswith(str(file)) and recorded in message and sha256_file(file) in message
+    nan = torch.ones(1, 32)
+    nan[0, 3] = float("nan")
+    folder = write_embedding_dir(tmp_path, "stain", "<t>", nan, {"format": "anogen-embedding/1"}, False)
+    with pytest.raises(AnogenInputError, match=r"stain/learned_embeds\.safetensors: the embedding holds 1 NaN/Inf"):
+        load_embedding(folder)
+    (folder / METADATA_FILE).unlink()  # a foreign file without metadata: still checked for NaN
+    with pytest.raises(AnogenInputError, match=r"NaN/Inf"):
+        load_embedding(folder / EMBEDDING_FILE)
 
 
 def test_released_style_embedding_applies_to_an_ldm_backbone() -> None:
@@ -271,17 +349,74 @@ def test_unknown_backbone(tmp_path: Path, support: Path) -> None:
     _learn_fails(r"backbone folder not found", tmp_path / "out", support=str(support), backbone="./models/nothing")
 
 
-def test_existing_embedding_is_refused_unless_overwrite(tmp_path: Path, support: Path) -> None:
+def test_rerun_keeps_finished_defects_and_learns_the_rest(
+    tmp_path: Path, support: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed after its first defect, rerun: the finished defect is kept as it is, the others learned."""
+    _pair(support / "hole", "000")
+    output = tmp_path / "out"
+    learn(support=str(support), output=str(output), defects=["crack"], **FAST)  # the state a kill leaves
+    crack = output / "crack" / EMBEDDING_FILE
+    first, first_inode = crack.read_bytes(), crack.stat().st_ino
+    with caplog.at_level("INFO", logger="anomalib_anogen.generation.learn"):
+        written = learn(support=str(support), output=str(output), **FAST)
+    assert [p.name for p in written] == ["hole", "stain"]
+    assert crack.read_bytes() == first and crack.stat().st_ino == first_inode
+    assert sorted(p.name for p in output.iterdir()) == ["crack", "hole", "stain"]
+    assert "crack: kept" in caplog.text and "learning hole, stain" in caplog.text
+    inodes = {d: (output / d / EMBEDDING_FILE).stat().st_ino for d in ("crack", "hole", "stain")}
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="anomalib_anogen.generation.learn"):
+        assert learn(support=str(support), output=str(output), **FAST) == []
+    assert "every defect is already learned" in caplog.text
+
+    # Other settings, other support content, other backbone weights: refused, naming what differs.
+    with pytest.raises(AnogenInputError, match=r"crack: learned with other settings.*seed 0, now 1.*--overwrite"):
+        learn(support=str(support), output=str(output), **{**FAST, "seed": 1})
+    with pytest.raises(AnogenInputError, match=r"steps 3, now 4"):
+        learn(support=str(support), output=str(output), **{**FAST, "steps": 4})
+    stain_meta = output / "stain" / METADATA_FILE
+    original = stain_meta.read_text()
+    meta = json.loads(original)
+    meta["backbone"]["weights_sha256"] = "0" * 64
+    stain_meta.write_text(json.dumps(meta))
+    with pytest.raises(AnogenInputError, match=r"stain: learned with other settings.*backbone weights"):
+        learn(support=str(support), output=str(output), **FAST)
+    stain_meta.write_text(original)
+    _pair(support / "hole", "001")  # a support image added since
+    with pytest.raises(AnogenInputError, match=r"hole: learned with other settings .*support files: added hole/001"):
+        learn(support=str(support), output=str(output), **FAST)
+    (support / "hole" / "001.png").unlink()
+    (support / "hole" / "001_mask.png").unlink()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(support / "hole" / "000.png")  # the same name, edited
+    with pytest.raises(AnogenInputError, match=r"support files: changed hole/000\.png"):
+        learn(support=str(support), output=str(output), **FAST)
+    assert {d: (output / d / EMBEDDING_FILE).stat().st_ino for d in inodes} == inodes, "a refused run changed files"
+
+    # --overwrite relearns every defect.
+    written = learn(support=str(support), output=str(output), overwrite=True, seed=1, **FAST)
+    assert [p.name for p in written] == ["crack", "hole", "stain"]
+    assert all((output / d / EMBEDDING_FILE).stat().st_ino != inodes[d] for d in inodes)
+    assert crack.read_bytes() != first
+    assert sorted(p.name for p in output.iterdir()) == ["crack", "hole", "stain"]
+
+
+def test_rerun_refuses_a_damaged_or_foreign_finished_embedding(tmp_path: Path, support: Path) -> None:
     output = tmp_path / "out"
     learn(support=str(support), output=str(output), defects=["crack"], **FAST)
-    first = (output / "crack" / EMBEDDING_FILE).read_bytes()
-    with pytest.raises(AnogenInputError, match=r"crack/learned_embeds\.safetensors: a finished embedding"):
+    file = output / "crack" / EMBEDDING_FILE
+    file.write_bytes(file.read_bytes()[:-1] + b"x")
+    with pytest.raises(AnogenInputError, match=r"crack/learned_embeds\.safetensors: sha256 [0-9a-f]{64} differs"):
         learn(support=str(support), output=str(output), **FAST)
-    assert sorted(p.name for p in output.iterdir()) == ["crack"]
-    assert (output / "crack" / EMBEDDING_FILE).read_bytes() == first
-    learn(support=str(support), output=str(output), defects=["crack"], overwrite=True, seed=1, **FAST)
-    assert (output / "crack" / EMBEDDING_FILE).read_bytes() != first
-    assert sorted(p.name for p in output.iterdir()) == ["crack"]
+    (output / "crack" / METADATA_FILE).unlink()
+    with pytest.raises(AnogenInputError, match=r"crack: holds an embedding that anogen learn did not write"):
+        learn(support=str(support), output=str(output), **FAST)
+    (output / "crack").rename(output / "moved")
+    (output / "crack").mkdir()
+    with pytest.raises(AnogenInputError, match=r"crack: exists and is not an anogen embedding"):
+        learn(support=str(support), output=str(output), **FAST)
+    assert sorted(p.name for p in output.iterdir()) == ["crack", "moved"]
 
 
 def test_mask_of_another_size_is_resized_with_a_warning(tmp_path: Path) -> None:
@@ -291,6 +426,112 @@ def test_mask_of_another_size_is_resized_with_a_warning(tmp_path: Path) -> None:
         learn(support=str(root), output=str(tmp_path / "out"), **FAST)
     meta = json.loads((tmp_path / "out" / "crack" / METADATA_FILE).read_text())
     assert meta["support"]["files"][0]["mask_resized"] is True
+
+
+def test_whole_image_mask_is_learned_with_a_warning(tmp_path: Path) -> None:
+    root = tmp_path / "support"
+    _pair(root / "crack", "000")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(root / "crack" / "000_mask.png")
+    with pytest.warns(UserWarning, match=r"000_mask\.png: mask covers 100\.0% of the image.*inverted"):
+        learn(support=str(root), output=str(tmp_path / "out"), **FAST)
+    meta = json.loads((tmp_path / "out" / "crack" / METADATA_FILE).read_text())
+    assert meta["support"]["files"][0]["mask_fraction"] == 1.0
+
+
+def _training_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the backbone was loaded / training started before the input was refused")
+
+    monkeypatch.setattr("anomalib_anogen.generation.learn._learn_on_rank", fail)
+
+
+def _write_probe_fails(folder: Path) -> bool:
+    """True when this process (root included) cannot create a file in ``folder``."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return True
+    os.close(handle)
+    os.unlink(probe)
+    return False
+
+
+def test_unwritable_output_is_refused_before_training(
+    tmp_path: Path, support: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _training_must_not_start(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    _learn_fails(
+        r"afile/out: --output cannot be created, .*afile is a file", tmp_path / "afile" / "out", support=str(support)
+    )
+    _learn_fails(r"afile: --output exists and is not a folder", tmp_path / "afile", support=str(support))
+    assert (tmp_path / "afile").read_text() == "x"
+    with pytest.raises(AnogenInputError, match=r"afile is a file"):
+        import_embedding(input=str(_released(tmp_path / "r.pt")), output=str(tmp_path / "afile" / "out"))
+    # A folder that refuses writes even to root: sysfs (Linux) is read-only for everyone.
+    if Path("/sys").is_dir() and _write_probe_fails(Path("/sys")):
+        _learn_fails(
+            r"/sys/anogen-out: --output cannot be written .*/sys", Path("/sys/anogen-out"), support=str(support)
+        )
+    # A read-only folder stops everyone but root (whom chmod does not stop; CI may run as either).
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        try:
+            _learn_fails(r"locked/out: --output cannot be written", locked / "out", support=str(support))
+        finally:
+            locked.chmod(0o755)
+
+
+def test_a_bad_token_of_a_later_defect_is_refused_before_the_first_defect_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "support"
+    _pair(root / "aaa", "000")  # learned first; "aaa</w>" is a new token
+    _pair(root / "stain", "000")  # "stain</w>" is already a word of the tiny tokenizer
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a defect was trained before every token was checked")
+
+    monkeypatch.setattr("anomalib_anogen.generation.textual_inversion.learn_embedding", fail)
+    _learn_fails(r"token 'stain</w>' already exists", tmp_path / "out", support=str(root), token="{defect}</w>")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("steps", 0, "[1, 1000000]"),
+        ("steps", 1_000_001, "[1, 1000000]"),
+        ("lr", 0.0, "(0, 1]"),
+        ("lr", float("nan"), "(0, 1]"),
+        ("lr", float("inf"), "(0, 1]"),
+        ("lr", 2.0, "(0, 1]"),
+        ("batch_size", 0, "[1, 1024]"),
+        ("batch_size", 1025, "[1, 1024]"),
+        ("resolution", 12, "multiple of 8 in [8, 2048]"),
+        ("resolution", 4096, "multiple of 8 in [8, 2048]"),
+        ("seed", -1, "[0, 4294967295]"),
+        ("seed", 2**32, "[0, 4294967295]"),
+        ("hflip_p", 1.5, "[0, 1]"),
+        ("hflip_p", float("nan"), "[0, 1]"),
+        ("shots", 0, "at least 1"),
+        ("threads", 0, f"[1, {os.cpu_count()}]"),
+        ("threads", (os.cpu_count() or 1) + 1, f"[1, {os.cpu_count()}]"),
+        ("devices", 0, "auto or a number of GPUs, 1 or more"),
+        ("devices", "two", "auto or a number of GPUs, 1 or more"),
+        ("accelerator", "tpu", "auto, cpu, gpu, cuda"),
+        ("precision", "16", "auto, 32, bf16 or fp16"),
+    ],
+)
+def test_options_out_of_range_are_refused_with_the_range(
+    tmp_path: Path, support: Path, monkeypatch: pytest.MonkeyPatch, option: str, value: object, allowed: str
+) -> None:
+    _training_must_not_start(monkeypatch)
+    with pytest.raises(AnogenInputError, match=f"--{option} ") as refused:
+        learn(support=str(support), output=str(tmp_path / "out"), **{**FAST, option: value})
+    assert allowed in str(refused.value) and f"(got {value!r})".replace("'", "") in str(refused.value).replace("'", "")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mode", ["L", "I;16"])
@@ -365,3 +606,45 @@ def test_thread_setting_is_restored_after_the_block() -> None:
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_cli_defects_as_the_docs_show_it(tmp_path: Path) -> None:
+    """docs/learn.md's --defects example, run as written (shell-split), learns exactly those defect types."""
+    import re
+    import shlex
+
+    documented = re.search(r"`(--defects '[^`]*')`", (REPO / "docs" / "learn.md").read_text())
+    assert documented, "docs/learn.md shows no --defects '[...]' example"
+    argv = shlex.split(documented.group(1))
+    wanted = argv[1].strip("[]").split(",")
+    root = tmp_path / "support"
+    for defect in [*wanted, "other"]:
+        _pair(root / defect, "000")
+    output = tmp_path / "out"
+    args = ["--support", str(root), "--output", str(output), "--backbone", "tiny", "--steps", "2"]
+    result = run_cli(["anogen", "learn", *args, "--batch_size", "1", "--progress", "false", *argv], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in output.iterdir()) == sorted(wanted)
+
+
+def test_cli_refuses_unwritable_output_and_bad_numbers_in_one_line(tmp_path: Path, support: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    args = ["--support", str(support), "--backbone", "tiny"]
+    result = run_cli(["anogen", "learn", *args, "--output", str(tmp_path / "afile" / "out")], tmp_path)
+    _assert_one_error_line(result, "afile/out: --output cannot be created", "is a file, not a folder")
+    result = run_cli(["anogen", "learn", *args, "--output", str(tmp_path / "out"), "--threads", "0"], tmp_path)
+    _assert_one_error_line(result, "--threads must lie in [1, ", "(got 0)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_cli_import_says_what_it_wrote_and_what_a_bad_file_is(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    result = run_cli(["anogen", "import-embedding", "--input", "x.json", "--output", "out"], tmp_path)
+    _assert_one_error_line(result, "x.json: not a torch file (it looks like JSON)")
+    assert "weights_only" not in result.stderr and not (tmp_path / "out").exists()
+    _released(tmp_path / "bottle_crack.pt")
+    args = ["--input", "bottle_crack.pt", "--output", "out", "--category", "bottle"]
+    result = run_cli(["anogen", "import-embedding", *args], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {Path('out') / 'crack' / EMBEDDING_FILE} and {METADATA_FILE}" in result.stderr

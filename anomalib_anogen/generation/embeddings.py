@@ -11,13 +11,14 @@ read with ``torch.load(weights_only=True)`` and an allow-list of two classes, ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 
 from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.outputs import check_writable_folder
+from anomalib_anogen.generation.support import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +49,35 @@ class Embedding:
 
 
 def is_finished(folder: Path) -> bool:
-    """True when ``folder`` holds a complete embedding (the file that makes it usable)."""
-    return (folder / EMBEDDING_FILE).is_file()
+    """True when ``folder`` holds a complete embedding (the file that makes it usable).
+
+    A hidden folder is never one: ``.<defect>.tmp-*`` is an embedding being written (or left by a killed run).
+    """
+    return not folder.name.startswith(".") and (folder / EMBEDDING_FILE).is_file()
 
 
-def check_output(output: Path, defects: list[str], overwrite: bool) -> None:
-    """Refuse (before any work) to replace finished embeddings or unrelated folders unless ``overwrite``."""
-    if output.exists() and not output.is_dir():
-        raise AnogenInputError(f"{output}: --output exists and is not a folder")
+def check_output(output: Path, defects: list[str], overwrite: bool, keep_finished: bool = False) -> list[str]:
+    """Check ``output`` before any work; returns the defects whose finished embedding stays (not ``overwrite``).
+
+    Refused: an ``output`` that cannot be written (a file in the way, no permission, a read-only file system),
+    a defect folder that is not an embedding unless ``overwrite``, and a finished embedding unless
+    ``overwrite`` or ``keep_finished`` (``anogen learn`` keeps finished defects and learns the others).
+    """
+    check_writable_folder(output, "--output")
+    finished = []
     for defect in defects:
         folder = output / defect
         if not folder.exists() or overwrite:
             continue
         if is_finished(folder):
+            if keep_finished:
+                finished.append(defect)
+                continue
             raise AnogenInputError(
                 f"{folder / EMBEDDING_FILE}: a finished embedding already exists; pass --overwrite to replace it"
             )
         raise AnogenInputError(f"{folder}: exists and is not an anogen embedding; remove it or pass --overwrite")
+    return finished
 
 
 def write_embedding_dir(
@@ -78,7 +93,7 @@ def write_embedding_dir(
     try:
         tensor = vector.detach().to("cpu", torch.float32).reshape(-1, vector.shape[-1]).contiguous()
         save_file({token: tensor}, str(temporary / EMBEDDING_FILE), metadata={"format": "pt"})
-        metadata = {**metadata, "embedding_sha256": _sha256(temporary / EMBEDDING_FILE)}
+        metadata = {**metadata, "embedding_sha256": sha256_file(temporary / EMBEDDING_FILE)}
         (temporary / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
         if final.exists():
             if not overwrite:
@@ -95,16 +110,31 @@ def write_embedding_dir(
     return final
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _require_finite(path: Path, vector: torch.Tensor, fix: str) -> None:
+    """Refuse an embedding with NaN or Inf values: it would turn every generated defect into noise or black."""
+    bad = int((~torch.isfinite(vector)).sum())
+    if bad:
+        raise AnogenInputError(f"{path}: the embedding holds {bad} NaN/Inf value(s) of {vector.numel()}; {fix}")
+
+
+def _read_metadata(meta_file: Path) -> dict[str, Any]:
+    if not meta_file.is_file():
+        return {}
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AnogenInputError(f"{meta_file}: unreadable metadata ({error})") from error
+    if not isinstance(metadata, dict):
+        raise AnogenInputError(f"{meta_file}: unreadable metadata (a JSON {type(metadata).__name__}, not an object)")
+    return metadata
 
 
 def load_embedding(path: str | Path) -> Embedding:
-    """Read a defect folder or a ``learned_embeds.safetensors`` file (one token) with its metadata if any."""
+    """Read a defect folder or a ``learned_embeds.safetensors`` file (one token) with its metadata if any.
+
+    Checked on every read: the file's sha256 against the ``embedding_sha256`` its metadata recorded (anogen's
+    own metadata must record one), and that every value is finite.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -112,6 +142,18 @@ def load_embedding(path: str | Path) -> Embedding:
     file = path / EMBEDDING_FILE if path.is_dir() else path
     if not file.is_file():
         raise AnogenInputError(f"{file}: embedding file not found")
+    meta_file = file.parent / METADATA_FILE
+    metadata = _read_metadata(meta_file)
+    expected = metadata.get("embedding_sha256")
+    if expected is None and metadata.get("format") == METADATA_FORMAT:
+        raise AnogenInputError(f"{meta_file}: records no embedding_sha256, so {file.name} cannot be checked")
+    if expected is not None:
+        actual = sha256_file(file)
+        if actual != expected:
+            raise AnogenInputError(
+                f"{file}: sha256 {actual} differs from embedding_sha256 {expected} in {meta_file.name}; "
+                "the file changed after it was written, learn or import it again"
+            )
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as error:
@@ -119,8 +161,7 @@ def load_embedding(path: str | Path) -> Embedding:
     if len(tensors) != 1:
         raise AnogenInputError(f"{file}: expected exactly one token, found {sorted(tensors)}")
     token, vector = next(iter(tensors.items()))
-    meta_file = file.parent / METADATA_FILE
-    metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    _require_finite(file, vector, "it is unusable, learn or import it again")
     return Embedding(token=token, vector=vector.reshape(-1, vector.shape[-1]), metadata=metadata, path=file)
 
 
@@ -163,28 +204,92 @@ def apply_embedding(backbone: Any, embedding: Embedding, token: str | None = Non
 # The authors' released embeddings
 
 
+# torch.save's legacy (pre-zip) format starts with its magic number 0x1950a86a20f9469cfc6c as a protocol-2 pickle.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+_FILE_SIGNATURES = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+)
+_ALLOWED = "tensors, torch.nn.Parameter, torch.nn.ParameterDict and plain containers"
+_EXPECTED = "a released AnoGen embedding (a dict of exactly string_to_token and string_to_param)"
+
+
+def _not_torch(path: Path) -> str | None:
+    """What ``path`` looks like when it is not a file of ``torch.save`` (zip with data.pkl, or legacy), else None."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if not head:
+        return "it is empty"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "it is a damaged zip archive"
+        return None if any(name.endswith("data.pkl") for name in names) else "it is a zip archive without data.pkl"
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a truncated or damaged zip archive (torch.save writes zip archives)"
+    if head[:1] == b"\x80":
+        return "it is a plain Python pickle, which is never unpickled here"
+    for signature, what in _FILE_SIGNATURES:
+        if head.startswith(signature):
+            return f"it looks like {what}"
+    header_size = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
+    if head[8:9] == b"{" and 0 < header_size <= path.stat().st_size - 8:
+        return "it looks like a safetensors file, which anogen reads as it is (no import needed)"
+    try:
+        text = head.decode("utf-8").lstrip()
+    except UnicodeDecodeError:
+        return "it holds binary data of an unknown kind"
+    if text.startswith(("{", "[")):
+        return "it looks like JSON"
+    if text.startswith("<"):
+        return "it looks like XML or HTML"
+    return "it looks like text"
+
+
+def _describe(data: Any) -> str:
+    if isinstance(data, dict):
+        return f"a dict with keys {sorted(map(str, data))}"
+    if isinstance(data, torch.Tensor):
+        return f"a tensor of shape {list(data.shape)}"
+    return f"a {type(data).__name__}"
+
+
 def load_released(path: str | Path) -> tuple[str, torch.Tensor, int]:
     """Safely read one released ``.pt``: ``(token, vector [n, 1280], original token id)``.
 
     Only ``torch.nn.ParameterDict`` and ``torch.nn.Parameter`` are allowed beyond plain tensors and
-    containers; any other object in the pickle, or any other structure, is refused.
+    containers; any other object in the pickle, or any other structure, is refused. A file that is not a
+    ``torch.save`` file at all is refused before it is unpickled, with what it looks like.
     """
     path = Path(path)
     if not path.is_file():
         raise AnogenInputError(f"{path}: file not found")
+    not_torch = _not_torch(path)
+    if not_torch:
+        raise AnogenInputError(f"{path}: not a torch file ({not_torch}); expected {_EXPECTED}")
     try:
         with torch.serialization.safe_globals([torch.nn.ParameterDict, torch.nn.Parameter]):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
-        raise AnogenInputError(f"{path}: refused, it holds objects outside the allow-list ({first})") from error
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise AnogenInputError(f"{path}: not a readable torch file ({error})") from error
-    if not isinstance(data, dict) or set(data) != {"string_to_token", "string_to_param"}:
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        # torch's own message suggests loading without the allow-list; only the refused class is passed on.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f"an object of class {found.group(1)}" if found else "pickle instructions"
         raise AnogenInputError(
-            f"{path}: refused, expected exactly {{'string_to_token', 'string_to_param'}}, found {keys}"
-        )
+            f"{path}: refused, a torch file holding {what} outside the allow-list ({_ALLOWED}); nothing in it was run"
+        ) from error
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        detail = "" if "weights_only" in detail else f" ({detail})"
+        raise AnogenInputError(f"{path}: a torch file that cannot be read, damaged or truncated{detail}") from error
+    if not isinstance(data, dict) or set(data) != {"string_to_token", "string_to_param"}:
+        raise AnogenInputError(f"{path}: refused, a torch file holding {_describe(data)}; expected {_EXPECTED}")
     params = data["string_to_param"]
     if isinstance(params, torch.nn.ParameterDict):
         # Unpickled without __init__, a ParameterDict's keys live only in its _parameters dict.
@@ -206,6 +311,7 @@ def load_released(path: str | Path) -> tuple[str, torch.Tensor, int]:
         raise AnogenInputError(
             f"{path}: embedding width {vector.shape[-1]}, expected {RELEASED_DIM} (txt2img-f8-large)"
         )
+    _require_finite(path, vector, "refused, this file is damaged")
     return token, vector, int(token_id)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def _support_record(support: SupportSet, pairs: list[LoadedPair]) -> dict[str, A
                 "image_sha256": sha256_file(p.pair.image),
                 "mask": rel(p.pair.mask),
                 "mask_sha256": sha256_file(p.pair.mask),
+                "mask_fraction": round(p.mask_fraction, 6),
                 "size": [p.image.width, p.image.height],
                 "mask_resized": p.mask_resized,
             }
@@ -59,6 +61,20 @@ def _support_record(support: SupportSet, pairs: list[LoadedPair]) -> dict[str, A
             selected=[rel(p.pair.image) for p in pairs],
         )
     return record
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def _check_run_options(accelerator: str, devices: int | str, threads: int | None) -> None:
+    """Refuse run options out of range (the hyper-parameters are LearnConfig.validate's)."""
+    if accelerator not in ACCELERATORS:
+        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise AnogenInputError(f"--devices must be auto or a number of GPUs, 1 or more (got {devices!r})")
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise AnogenInputError(f"--threads must lie in [1, {cores}], the CPU cores of this machine (got {threads})")
 
 
 def _plan_devices(accelerator: str, devices: int | str, defects: int) -> tuple[str, int]:
@@ -106,23 +122,32 @@ def learn(
         backbone: tiny | tiny-ldm | sd15-random | a diffusers SD 1.x/2.x or LDMTextToImagePipeline folder or hub id.
         revision: Hub revision (branch, tag or commit) when --backbone is a hub id.
         defects: Only these defect types (default: every one found).
-        shots: Support images per defect (default: all in the support layout, 3 in the MVTec layout).
-        steps: Optimisation steps per defect (paper: 6000).
-        lr: Base learning rate per sample; the rate used is lr x batch_size when --scale_lr (as the paper's code).
+        shots: Support images per defect, 1 or more (default: all in the support layout, 3 in the MVTec layout).
+        steps: Optimisation steps per defect, 1 to 1000000 (paper: 6000).
+        lr: Base learning rate per sample, in (0, 1]; the rate used is lr x batch_size when --scale_lr (as the
+            paper's code).
         scale_lr: Multiply --lr by the batch size (the LDM textual-inversion rule).
-        batch_size: Support samples per step (drawn with replacement across epochs of shuffled images).
-        resolution: Training resolution in pixels (default: the backbone's native one).
-        seed: Seed of the support selection, flips, noise, timesteps and prompts (and of random-weight backbones).
+        batch_size: Support samples per step, 1 to 1024 (drawn with replacement across epochs of shuffled images).
+        resolution: Training resolution in pixels, a multiple of 8 in [8, 2048] (default: the backbone's native one).
+        seed: Seed of the support selection, flips, noise, timesteps and prompts (and of random-weight backbones),
+            0 to 2**32 - 1.
         token: Placeholder token; {defect} is replaced by the defect name.
         init_word: Word whose embedding initialises the token (must be one token).
-        hflip_p: Probability of a horizontal flip, applied to image and mask together.
+        hflip_p: Probability of a horizontal flip in [0, 1], applied to image and mask together.
         precision: auto (bf16, else fp16 autocast on GPU; fp32 on CPU) | 32 | bf16 | fp16.
         accelerator: auto | cpu | gpu.
-        devices: GPUs to spread the defects over (auto: all, at most one per defect).
+        devices: GPUs to spread the defects over, 1 or more (auto: all, at most one per defect).
         overwrite: Replace finished embeddings in --output (refused otherwise).
         progress: Show a progress bar with the current loss.
-        threads: CPU threads for torch (default: 1 for the tiny backbones, whose ops are too small to split
-            across threads, else torch's default).
+        threads: CPU threads for torch, 1 to the machine's core count (default: 1 for the tiny backbones, whose
+            ops are too small to split across threads, else torch's default).
+
+    A rerun into the same --output keeps each finished defect learned with the same settings (checked: the
+    embedding's sha256, every hyper-parameter, the support files' content, the backbone's weights) and learns
+    the others; other settings are refused unless --overwrite, which relearns every defect.
+
+    Returns:
+        The defect folders this run wrote (kept defects are logged, not returned).
     """
     from anomalib_anogen.generation.embeddings import check_output
     from anomalib_anogen.generation.textual_inversion import LearnConfig
@@ -139,14 +164,18 @@ def learn(
         precision=precision,
     )
     config.validate()
+    _check_run_options(accelerator, devices, threads)
     found = discover_support(support, shots=shots, seed=seed, defects=defects)
     names = found.defects
     if "{defect}" not in token and len(names) > 1:
         raise AnogenInputError(f"--token {token!r} has no {{defect}} but {len(names)} defects would share it")
     loaded = load_support(found)
     output_path = Path(output).expanduser()
-    check_output(output_path, names, overwrite)
-    kind, count = _plan_devices(accelerator, devices, len(names))
+    finished = check_output(output_path, names, overwrite, keep_finished=True)
+    planned = {name: _planned_metadata(name, token, config, found, loaded[name]) for name in names}
+    kept = {name: _check_kept(output_path / name, planned[name]) for name in finished}
+    todo = [name for name in names if name not in kept]
+    kind, count = _plan_devices(accelerator, devices, max(1, len(todo)))
     cpu_threads = (
         (threads or 1) if kind == "cpu" and (threads is not None or backbone in {"tiny", "tiny-ldm"}) else None
     )
@@ -155,21 +184,126 @@ def learn(
 
     fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
     fabric.launch()
-    mine = names[fabric.global_rank :: fabric.world_size]
+    mine = todo[fabric.global_rank :: fabric.world_size]
     with torch_threads(cpu_threads):
         written = _learn_on_rank(
-            backbone, revision, config, token, found, loaded, mine, output_path, overwrite, fabric, progress
+            backbone, revision, config, planned, kept, loaded, mine, output_path, overwrite, fabric, progress
         )
     fabric.barrier()
     return written
+
+
+def _planned_metadata(
+    defect: str, token_template: str, config: Any, found: SupportSet, pairs: list[LoadedPair]
+) -> dict[str, Any]:
+    """What this run will record for ``defect`` before training; the backbone and resolution come once it is loaded."""
+    from anomalib_anogen.generation.textual_inversion import config_dict
+
+    return {
+        "defect": defect,
+        "token": token_for(token_template, defect),
+        "init_word": config.init_word,
+        "hyperparameters": {
+            **config_dict(config),
+            "token_template": token_template,
+            "lr_effective": config.effective_lr(),
+            "lr_rule": "lr x batch_size (scale_lr)" if config.scale_lr else "lr",
+        },
+        "seed": config.seed,
+        "support": _support_record(found, pairs),
+    }
+
+
+# Settings known only once the backbone is loaded: compared then, before the first training step.
+_BACKBONE_SETTINGS = ("backbone", "resolution")
+
+
+def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What makes a finished embedding the one this run would learn, from its metadata.
+
+    Every hyper-parameter, the token, the support files by relative name and content, and the backbone's
+    weights; not where the support folder or the backbone lie.
+    """
+    hyper = metadata.get("hyperparameters") or {}
+    support = metadata.get("support") or {}
+    files = [
+        {key: item.get(key) for key in ("image", "image_sha256", "mask", "mask_sha256")}
+        for item in support.get("files") or []
+    ]
+    settings = {key: value for key, value in hyper.items() if key not in {"lr_effective", "lr_rule", "token_template"}}
+    return {
+        **settings,
+        "token": metadata.get("token"),
+        "support files": files,
+        "shots": support.get("shots"),
+        "selection_seed": support.get("selection_seed"),
+        "backbone": (metadata.get("backbone") or {}).get("weights_sha256"),
+    }
+
+
+def _support_changes(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> str:
+    """``support files: added a.png; removed b.png; changed c.png`` (an image and its mask count as one)."""
+    old = {item["image"]: item for item in before}
+    new = {item["image"]: item for item in now}
+    parts = [
+        f"{what} {', '.join(names)}"
+        for what, names in (
+            ("added", sorted(set(new) - set(old))),
+            ("removed", sorted(set(old) - set(new))),
+            ("changed", sorted(name for name in set(old) & set(new) if old[name] != new[name])),
+        )
+        if names
+    ]
+    return "support files: " + "; ".join(parts or ["reordered"])
+
+
+def _refuse_if_different(folder: Path, old: dict[str, Any], new: dict[str, Any], backbone_stage: bool) -> None:
+    before, now = _settings(old), _settings(new)
+    keys = [key for key in now if (key in _BACKBONE_SETTINGS) == backbone_stage]
+    changed = []
+    for key in keys:
+        if before.get(key) == now[key]:
+            continue
+        if key == "support files":
+            changed.append(_support_changes(before.get(key) or [], now[key]))
+        elif key == "backbone":
+            recorded = (old.get("backbone") or {}).get("id")
+            changed.append(
+                f"backbone weights (learned on {recorded!r}, sha256 {str(before.get(key))[:12]}..., "
+                f"now {str(now[key])[:12]}...)"
+            )
+        else:
+            changed.append(f"{key} {before.get(key)!r}, now {now[key]!r}")
+    if changed:
+        raise AnogenInputError(
+            f"{folder}: learned with other settings than this run ({'; '.join(changed)}); "
+            "pass --overwrite to relearn every defect, or choose another --output"
+        )
+
+
+def _check_kept(folder: Path, planned: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a finished defect that this run keeps: intact, and learned with the same settings."""
+    from anomalib_anogen.generation.embeddings import METADATA_FILE, load_embedding
+
+    try:
+        metadata = load_embedding(folder).metadata
+    except AnogenInputError as error:
+        raise AnogenInputError(f"{error}; --overwrite relearns every defect") from error
+    if not isinstance(metadata.get("hyperparameters"), dict):
+        raise AnogenInputError(
+            f"{folder}: holds an embedding that anogen learn did not write (no hyper-parameters in its "
+            f"{METADATA_FILE}); pass --overwrite to relearn every defect, or choose another --output"
+        )
+    _refuse_if_different(folder, metadata, planned, backbone_stage=False)
+    return metadata
 
 
 def _learn_on_rank(
     backbone_spec: str,
     revision: str | None,
     config: Any,
-    token_template: str,
-    found: SupportSet,
+    planned: dict[str, dict[str, Any]],
+    kept: dict[str, dict[str, Any]],
     loaded: dict[str, list[LoadedPair]],
     mine: list[str],
     output: Path,
@@ -181,36 +315,46 @@ def _learn_on_rank(
 
     from anomalib_anogen.generation.backbones import load_backbone
     from anomalib_anogen.generation.embeddings import METADATA_FORMAT, write_embedding_dir
-    from anomalib_anogen.generation.textual_inversion import config_dict, learn_embedding
+    from anomalib_anogen.generation.textual_inversion import check_token, learn_embedding
 
     model = load_backbone(backbone_spec, revision=revision, seed=config.seed)
     model.to(fabric.device)
     described = model.describe()
+    resolution = config.resolution or model.resolution
+    for plan in planned.values():
+        plan["backbone"] = described
+        plan["hyperparameters"]["resolution"] = resolution
+    for defect, metadata in kept.items():
+        _refuse_if_different(output / defect, metadata, planned[defect], backbone_stage=True)
+    for defect in mine:
+        check_token(model, planned[defect]["token"], config.init_word)
+    if fabric.global_rank == 0:
+        for defect in kept:
+            logger.info("%s: kept %s, learned before with the same settings", defect, output / defect)
+        todo = [name for name in planned if name not in kept]
+        if todo:
+            logger.info("learning %s into %s", ", ".join(todo), output)
+        else:
+            logger.info("%s: every defect is already learned with these settings (--overwrite relearns)", output)
     written = []
     for defect in mine:
-        token = token_for(token_template, defect)
+        plan = planned[defect]
         if torch.cuda.is_available() and fabric.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(fabric.device)
         result = learn_embedding(
-            model, loaded[defect], token, config, device=fabric.device, progress=progress, description=defect
+            model, loaded[defect], plan["token"], config, device=fabric.device, progress=progress, description=defect
         )
         metadata = {
             "format": METADATA_FORMAT,
             "anogen_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "defect": defect,
-            "token": token,
-            "init_word": config.init_word,
+            "token": plan["token"],
+            "init_word": plan["init_word"],
             "embedding_shape": list(result.vector.shape),
             "backbone": described,
-            "hyperparameters": {
-                **config_dict(config),
-                "token_template": token_template,
-                "lr_effective": result.lr,
-                "lr_rule": "lr x batch_size (scale_lr)" if config.scale_lr else "lr",
-                "resolution": result.resolution,
-            },
-            "seed": config.seed,
+            "hyperparameters": {**plan["hyperparameters"], "lr_effective": result.lr, "resolution": result.resolution},
+            "seed": plan["seed"],
             "loss": {
                 "start": result.loss_start,
                 "end": result.loss_end,
@@ -225,9 +369,9 @@ def _learn_on_rank(
                 "seconds": round(result.seconds, 3),
                 "steps_per_second": round(result.steps_per_second, 3),
             },
-            "support": _support_record(found, loaded[defect]),
+            "support": plan["support"],
         }
-        folder = write_embedding_dir(output, defect, token, result.vector, metadata, overwrite)
+        folder = write_embedding_dir(output, defect, plan["token"], result.vector, metadata, overwrite)
         logger.info("%s: loss %.4f -> %.4f, wrote %s", defect, result.loss_start, result.loss_end, folder)
         written.append(folder)
     return written
@@ -253,6 +397,8 @@ def import_embedding(
         overwrite: Replace finished embeddings in --output (refused otherwise).
     """
     from anomalib_anogen.generation.embeddings import (
+        EMBEDDING_FILE,
+        METADATA_FILE,
         METADATA_FORMAT,
         RELEASED_BACKBONE,
         check_output,
@@ -262,6 +408,8 @@ def import_embedding(
         write_embedding_dir,
     )
 
+    if defect is not None and (not defect or defect.startswith(".") or "/" in defect or os.sep in defect):
+        raise AnogenInputError(f"--defect {defect!r} must be a folder name (not empty, no '/', not starting with '.')")
     files = released_inputs([input] if isinstance(input, str) else list(input), category)
     if defect is not None and len(files) != 1:
         raise AnogenInputError(f"--defect names one output but {len(files)} input files were given")
@@ -295,7 +443,9 @@ def import_embedding(
                 "token_id_note": "id in the BERT tokenizer of the original LDM code (bert-base-uncased)",
             },
         }
-        written.append(write_embedding_dir(output_path, name, token, vector, metadata, overwrite))
+        folder = write_embedding_dir(output_path, name, token, vector, metadata, overwrite)
+        logger.info("%s: wrote %s and %s from %s", name, folder / EMBEDDING_FILE, METADATA_FILE, file)
+        written.append(folder)
     return written
 
 

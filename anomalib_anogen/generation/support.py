@@ -33,6 +33,9 @@ IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
 MASK_SUFFIX = "_mask"
 MVTEC_GOOD = "good"
 DEFAULT_MVTEC_SHOTS = 3  # the paper's few-shot setting
+# A mask covering this much of its image makes the whole picture the "defect" (plain textual inversion of the
+# image): fine for a tight crop of a defect, but usually an inverted or placeholder mask, so it is warned about.
+WHOLE_IMAGE_MASK_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class LoadedPair:
     image: Image.Image
     mask: np.ndarray  # bool, H x W, same size as image
     mask_resized: bool = False
+
+    @property
+    def mask_fraction(self) -> float:
+        """The fraction of the image that the mask marks as defect."""
+        return float(self.mask.mean())
 
 
 def sha256_file(path: Path) -> str:
@@ -213,23 +221,36 @@ def load_mask_array(path: Path) -> np.ndarray:
     return array > 127
 
 
+def _warn(message: str) -> None:
+    """A warning for library callers (``warnings``) and for the CLI's log."""
+    warnings.warn(message, stacklevel=3)
+    logger.warning(message)
+
+
 def load_pair(pair: SupportPair) -> LoadedPair:
-    """Decode and check one pair; a mask of another size is resized (nearest) to the image with a warning."""
+    """Decode and check one pair; a mask of another size is resized (nearest) to the image with a warning.
+
+    An empty mask is refused; a mask covering (nearly) the whole image is learned with a warning.
+    """
     image = load_rgb(pair.image)
     mask = load_mask_array(pair.mask)
     resized = False
     if mask.shape != (image.height, image.width):
-        message = (
+        _warn(
             f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}; "
             "resizing the mask (nearest neighbour)"
         )
-        warnings.warn(message, stacklevel=2)
-        logger.warning(message)
         mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
         resized = True
     if not mask.any():
         raise AnogenInputError(f"{pair.mask}: mask is empty (no defect pixel), nothing to learn from")
-    return LoadedPair(pair=pair, image=image, mask=mask, mask_resized=resized)
+    loaded = LoadedPair(pair=pair, image=image, mask=mask, mask_resized=resized)
+    if loaded.mask_fraction >= WHOLE_IMAGE_MASK_FRACTION:
+        _warn(
+            f"{pair.mask}: mask covers {loaded.mask_fraction:.1%} of the image, so the whole picture is learned as "
+            "the defect; if the mask is inverted (white must mark the defect), invert it"
+        )
+    return loaded
 
 
 def load_support(support: SupportSet) -> dict[str, list[LoadedPair]]:

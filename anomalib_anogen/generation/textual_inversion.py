@@ -65,6 +65,15 @@ TEMPLATES = (
 )
 
 
+# Ranges of the options (checked before any work): wide enough for any real run, narrow enough to catch a typo
+# before it allocates the step plan (steps x batch_size indices) or the latents.
+MAX_STEPS = 1_000_000
+MAX_BATCH_SIZE = 1024
+MAX_LR = 1.0
+MAX_RESOLUTION = 2048
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+
+
 @dataclass
 class LearnConfig:
     """Hyper-parameters of one masked textual-inversion run (defaults: the paper's)."""
@@ -91,19 +100,24 @@ class LearnConfig:
         return self.lr * self.batch_size * num_devices * grad_accumulation
 
     def validate(self) -> None:
-        """Refuse settings that cannot train (as input errors, exit code 2)."""
-        if self.steps < 1:
-            raise AnogenInputError(f"--steps must be at least 1 (got {self.steps})")
-        if self.batch_size < 1:
-            raise AnogenInputError(f"--batch_size must be at least 1 (got {self.batch_size})")
-        if not self.lr > 0:
-            raise AnogenInputError(f"--lr must be positive (got {self.lr})")
+        """Refuse settings that cannot train, or not sensibly (as input errors, exit code 2), with the range."""
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise AnogenInputError(f"--steps must lie in [1, {MAX_STEPS}] (got {self.steps})")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise AnogenInputError(f"--batch_size must lie in [1, {MAX_BATCH_SIZE}] (got {self.batch_size})")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise AnogenInputError(f"--lr must lie in (0, {MAX_LR:g}] (got {self.lr})")
         if not 0.0 <= self.hflip_p <= 1.0:
             raise AnogenInputError(f"--hflip_p must lie in [0, 1] (got {self.hflip_p})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise AnogenInputError(f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})")
         if self.precision not in {"auto", "32", "bf16", "fp16"}:
             raise AnogenInputError(f"--precision must be auto, 32, bf16 or fp16 (got {self.precision})")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise AnogenInputError(f"--resolution must be a positive multiple of 8 (got {self.resolution})")
+        if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
+            raise AnogenInputError(
+                f"--resolution must be a multiple of 8 in [8, {MAX_RESOLUTION}], or null for the backbone's native "
+                f"one (got {self.resolution})"
+            )
 
 
 @dataclass
@@ -218,6 +232,32 @@ class SupportCache:
         return out
 
 
+def _placeholder_tokens(backbone: Backbone, token: str, init_word: str) -> tuple[Any, int, int, torch.Tensor]:
+    """A private tokenizer copy with ``token`` added, its id, the init word's id and the prompts' ids.
+
+    The backbone's own tokenizer stays untouched for the next defect.
+    """
+    tokenizer = copy.deepcopy(backbone.tokenizer)
+    if token in tokenizer.get_vocab():
+        raise AnogenInputError(f"token {token!r} already exists in the backbone's vocabulary; pick another --token")
+    init_ids = tokenizer.encode(init_word, add_special_tokens=False)
+    if len(init_ids) != 1:
+        raise AnogenInputError(
+            f"--init_word {init_word!r} is {len(init_ids)} tokens for this backbone; it must be one token"
+        )
+    tokenizer.add_tokens([token])
+    token_id = int(tokenizer.convert_tokens_to_ids(token))
+    prompt_ids = backbone.tokenize([t.format(token) for t in TEMPLATES], tokenizer=tokenizer)
+    if not (prompt_ids == token_id).any(dim=1).all():
+        raise AnogenInputError(f"token {token!r} is cut off by the tokenizer's maximum length")
+    return tokenizer, token_id, int(init_ids[0]), prompt_ids
+
+
+def check_token(backbone: Backbone, token: str, init_word: str) -> None:
+    """Refuse a token or init word that cannot be learned on ``backbone`` (before any defect is trained)."""
+    _placeholder_tokens(backbone, token, init_word)
+
+
 class MaskedTextualInversion(nn.Module):
     """One defect's placeholder token on a frozen backbone: the trainable part and its loss."""
 
@@ -234,25 +274,13 @@ class MaskedTextualInversion(nn.Module):
         self.config = config
         self.device_ = device if device is not None else backbone.device
         self.resolution = config.resolution or backbone.resolution
-        # A private tokenizer copy: the backbone's own stays untouched for the next defect.
-        self.tokenizer = copy.deepcopy(backbone.tokenizer)
-        if token in self.tokenizer.get_vocab():
-            raise AnogenInputError(f"token {token!r} already exists in the backbone's vocabulary; pick another --token")
-        init_ids = self.tokenizer.encode(config.init_word, add_special_tokens=False)
-        if len(init_ids) != 1:
-            raise AnogenInputError(
-                f"--init_word {config.init_word!r} is {len(init_ids)} tokens for this backbone; it must be one token"
-            )
-        self.tokenizer.add_tokens([token])
+        self.tokenizer, self.token_id, self.init_id, self.prompt_ids = _placeholder_tokens(
+            backbone, token, config.init_word
+        )
         self.token = token
-        self.token_id = int(self.tokenizer.convert_tokens_to_ids(token))
-        self.init_id = int(init_ids[0])
         self.base_embedding = backbone.token_embedding()
         init = self.base_embedding.weight[self.init_id].detach().float().unsqueeze(0)
         self.placeholder = PlaceholderEmbedding(self.base_embedding, [self.token_id], init)
-        self.prompt_ids = backbone.tokenize([t.format(token) for t in TEMPLATES], tokenizer=self.tokenizer)
-        if not (self.prompt_ids == self.token_id).any(dim=1).all():
-            raise AnogenInputError(f"token {token!r} is cut off by the tokenizer's maximum length")
         self.cache = SupportCache(backbone, pairs, self.resolution, self.device_)
 
     def install(self) -> None:
