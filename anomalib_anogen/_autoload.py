@@ -7,13 +7,15 @@ start; it adds one meta-path finder and nothing else, so processes that never im
 anomalib pay only for this small file. The finder fires once, when the ``anomalib.cli`` package
 is imported (by the ``anomalib`` console script, ``python -m anomalib.cli.cli`` or
 ``from anomalib.cli import AnomalibCLI``), and imports ``anomalib_anogen.models`` right after
-that package has executed.
+that package has executed. In the ``anomalib`` command it also makes the plugin's input errors
+print as one ``error:`` line (``anomalib_anogen.arguments.install_cli_error_hook``).
 """
 
 import sys
 
 TRIGGER_MODULE = "anomalib.cli"
 PLUGIN_MODULE = "anomalib_anogen.models"
+ERRORS_MODULE = "anomalib_anogen.arguments"
 
 
 class _ImportPluginAfterLoader:
@@ -35,6 +37,7 @@ class _ImportPluginAfterLoader:
 
         try:
             importlib.import_module(PLUGIN_MODULE)
+            importlib.import_module(ERRORS_MODULE).install_cli_error_hook()
         except Exception as error:
             warnings.warn(
                 f"anomalib-anogen could not register its models with anomalib's CLI ({error!r}); "

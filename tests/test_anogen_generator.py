@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from anomalib.engine import Engine
     from anomalib.models import AnomalibModule
 
-from anomalib_anogen.data.bank import MANIFEST_NAME, BankError, load_bank
+from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, BankError, load_bank
 from anomalib_anogen.data.generators import AnoGenAnomalyGenerator, PerlinGenerator, build_generator
 from anomalib_anogen.models import DraemWeak
 
@@ -220,10 +220,24 @@ def test_anogen_configs_add_two_lines_to_their_base_configs() -> None:
 
 
 def test_missing_bank_says_how_to_make_one(tmp_path: Path) -> None:
+    model = DraemWeak(generator="anogen", bank_dir=tmp_path / "nowhere")  # read when training starts
     with pytest.raises(BankError, match=r"does not exist.*anogen generate"):
-        DraemWeak(generator="anogen", bank_dir=tmp_path / "nowhere")
+        model.augmenter  # noqa: B018
     with pytest.raises(BankError, match=r"no manifest\.jsonl.*anogen generate"):
-        DraemWeak(generator="anogen", bank_dir=tmp_path)
+        build_generator("anogen", bank_dir=tmp_path)
+
+
+def test_missing_bank_stops_training_before_the_first_step(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    import shutil
+
+    bank_dir, _ = bank
+    moved = tmp_path / "bank"
+    shutil.copytree(bank_dir, moved)
+    model = DraemWeak(generator="anogen", bank_dir=moved, reconstructive_width=8, discriminative_width=4)
+    shutil.rmtree(moved)
+    with pytest.raises(BankError, match=r"bank_dir: anomaly bank .* does not exist"):
+        fit_on_bank_normals(model, bank_dir, tmp_path, steps=1)
+    assert model.trainer.global_step == 0
 
 
 def test_bank_naming_missing_files_is_refused(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
@@ -235,11 +249,56 @@ def test_bank_naming_missing_files_is_refused(bank: tuple[Path, list[dict]], tmp
     moved = {**records[0], "source": str(tmp_path / "moved_away.png")}
     (broken / MANIFEST_NAME).write_text(json.dumps(moved) + "\n")
     with pytest.raises(BankError, match=r"id scratch_000\) names a source image that does not exist"):
-        DraemWeak(generator="anogen", bank_dir=broken)
+        build_generator("anogen", bank_dir=broken)
     (broken / MANIFEST_NAME).write_text(json.dumps(records[1]) + "\n")
     (broken / "images" / records[1]["defect"] / f"{records[1]['id']}.png").unlink()
     with pytest.raises(BankError, match=r"names an image that does not exist"):
         load_bank(broken)
+
+
+def unfinished_copy(bank: tuple[Path, list[dict]], tmp_path: Path, done: int) -> Path:
+    """A copy of the bank as an interrupted ``anogen generate`` leaves it: ``done`` records of 96 planned."""
+    import shutil
+
+    bank_dir, records = bank
+    copy = tmp_path / "unfinished"
+    shutil.copytree(bank_dir, copy)
+    (copy / MANIFEST_NAME).write_text("".join(json.dumps(record) + "\n" for record in records[:done]))
+    settings = {"sources": 6, "defects": ["scratch", "dent"], "per_image": 8}  # 6 x 2 x 8 = 96 planned
+    (copy / SUMMARY_NAME).write_text(json.dumps({"complete": False, "records": 0, "settings": settings}))
+    return copy
+
+
+def test_unfinished_bank_is_refused_for_training(bank: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    unfinished = unfinished_copy(bank, tmp_path, done=10)
+    model = DraemWeak(generator="anogen", bank_dir=unfinished, reconstructive_width=8, discriminative_width=4)
+    with pytest.raises(
+        BankError,
+        match=r"anomaly bank '.*unfinished' is unfinished \(bank\.json says complete: false\): 10 of 96 records "
+        r"were generated\. .*`anogen generate` .*`--resume true`.*allow_incomplete_bank: true",
+    ):
+        fit_on_bank_normals(model, bank[0], tmp_path, steps=1)
+    assert model.trainer.global_step == 0
+    assert len(load_bank(unfinished)) == 10  # reading it for anything else (anogen show) still works
+
+
+def test_allow_incomplete_bank_trains_on_the_finished_records_with_a_warning(
+    bank: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
+    unfinished = unfinished_copy(bank, tmp_path, done=10)
+    model = DraemWeak(
+        generator="anogen",
+        bank_dir=unfinished,
+        allow_incomplete_bank=True,
+        reconstructive_width=8,
+        discriminative_width=4,
+        pre_processor=DraemWeak.configure_pre_processor((32, 32)),
+        visualizer=False,
+    )
+    with pytest.warns(UserWarning, match=r"unfinished \(10 of 96 records generated\); training on its 10 finished"):
+        model.augmenter.num_workers = 0
+    assert len(model.augmenter.records) == 10
+    assert fit_on_bank_normals(model, bank[0], tmp_path, steps=1).trainer.global_step == 1
 
 
 def test_empty_or_malformed_bank_is_refused(tmp_path: Path) -> None:

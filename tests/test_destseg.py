@@ -11,9 +11,9 @@ import torch.nn.functional as F  # noqa: N812
 from lightning.pytorch import Callback, seed_everything
 
 from anomalib_anogen.models import Destseg, DestsegWeak
+from anomalib_anogen.models.components import weak_weights_from_probability
 from anomalib_anogen.models.image.destseg import DestsegLoss
 from anomalib_anogen.models.image.destseg_weak import DestsegWeakLoss
-from anomalib_anogen.models.image.draem_weak.loss import weak_weights_from_probability
 
 from .conftest import BOTTLE, DTD, REPO, needs_shared_bottle, run_cli
 
@@ -129,6 +129,32 @@ def test_wrong_teacher_file_is_rejected(tmp_path: Path) -> None:
     torch.save(timm.create_model("resnet50", pretrained=False).state_dict(), path)
     with pytest.raises(ValueError, match="is not a resnet18 state dict"):
         Destseg(pretrained_weights=path)
+
+
+@pytest.mark.parametrize("model_class", [Destseg, DestsegWeak])
+def test_checkpoint_restores_the_teacher_without_its_weights_file(tmp_path: Path, model_class: type) -> None:
+    """As `anomalib export --ckpt_path` does where the teacher file is not (docs/models/destseg.md)."""
+    import lightning
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    model = model_class(pretrained_weights=str(weights), steps=2, de_st_steps=1)
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        checkpoint,
+    )
+    weights.unlink()
+    restored = model_class.load_from_checkpoint(checkpoint)
+    torch.testing.assert_close(
+        restored.model.teacher.feature_extractor.layer3[1].conv2.weight, reference.layer3[1].conv2.weight
+    )
+    assert bool(restored.model.teacher_ready)
 
 
 def test_forgotten_teacher_weights_stop_training_with_a_clear_error(tmp_path: Path, toy_root: Path) -> None:
@@ -350,8 +376,10 @@ def test_other_bad_arguments_name_themselves(arguments: dict) -> None:
 
 
 def test_missing_dtd_dir_is_rejected_without_download(tmp_path: Path) -> None:
+    model = Destseg(pretrained_weights=RANDOM, dtd_dir=tmp_path / "no_dtd")  # read when training starts
     with pytest.raises(ValueError, match=r"dtd_dir: folder .* does not exist"):
-        Destseg(pretrained_weights=RANDOM, dtd_dir=tmp_path / "no_dtd")
+        model.setup("fit")
+    assert not (tmp_path / "no_dtd").exists()
 
 
 # --- anomalib's CLI ------------------------------------------------------------------------------------------
@@ -427,3 +455,16 @@ def test_yaml_config_trains_and_exports_through_the_cli(tmp_path: Path, toy_root
     )
     assert export.returncode == 0, export.stdout[-2000:] + export.stderr[-4000:]
     assert list((tmp_path / "exported").rglob("model.xml")), export.stdout[-2000:]
+
+
+def test_library_focal_loss_and_normalisation_give_destsegs_numbers() -> None:
+    """The library's sigmoid_focal_loss and F.normalize replace hand-written formulas: same numbers."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 16, 16) * 2, (torch.rand(2, 1, 16, 16) > 0.7).float()
+    probability = torch.sigmoid(logits.double())
+    p_t = probability * target + (1 - probability) * (1 - target)  # DeSTSeg's focal loss on probabilities
+    expected = (-torch.log(p_t) * (1 - p_t).pow(4)).float()
+    torch.testing.assert_close(DestsegLoss(gamma=4).focal_per_pixel(logits, target), expected, rtol=1e-4, atol=1e-6)
+    features = torch.randn(2, 64, 8, 8)
+    hand = features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-12)
+    torch.testing.assert_close(F.normalize(features, dim=1), hand)

@@ -37,17 +37,33 @@ def test_p_cutoff_outside_unit_interval_is_rejected(p_cutoff: float) -> None:
         DraemWeak(p_cutoff=p_cutoff, reconstructive_width=8, discriminative_width=4)
 
 
-def test_missing_dtd_dir_names_the_argument_and_never_downloads(tmp_path: Path) -> None:
+def test_missing_dtd_dir_stops_training_before_the_first_step_and_never_downloads(
+    tmp_path: Path, toy_root: Path
+) -> None:
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
     missing = tmp_path / "no_such_dtd"
+    model = DraemWeak(  # building reads no file: a trained model loads without its training data
+        dtd_dir=missing,
+        reconstructive_width=8,
+        discriminative_width=4,
+        pre_processor=DraemWeak.configure_pre_processor((32, 32)),
+        visualizer=False,
+    )
+    datamodule = MVTecAD(root=toy_root, category="toy_bottle", train_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path, max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"dtd_dir: folder .*no_such_dtd.* does not exist.*never downloads"):
-        DraemWeak(dtd_dir=missing)
+        engine.fit(model=model, datamodule=datamodule)
+    assert engine.trainer.global_step == 0
     assert not missing.exists()
 
 
 def test_dtd_dir_without_images_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("no textures here")
+    model = DraemWeak(dtd_dir=tmp_path, reconstructive_width=8, discriminative_width=4)
     with pytest.raises(ValueError, match="holds no images"):
-        DraemWeak(dtd_dir=tmp_path)
+        model.augmenter  # noqa: B018 - built on first use, as at fit start
 
 
 def test_input_size_not_a_multiple_of_32_is_a_clear_error() -> None:
@@ -56,9 +72,24 @@ def test_input_size_not_a_multiple_of_32_is_a_clear_error() -> None:
         model.synthesize(torch.rand(1, 3, 48, 48))
 
 
-def test_bad_widths_are_rejected() -> None:
-    with pytest.raises(ValueError, match="reconstructive_width must be a positive integer"):
-        DraemWeak(reconstructive_width=0)
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"reconstructive_width": 0}, r"reconstructive_width must be a positive integer, got 0\. DRAEM: 128"),
+        ({"discriminative_width": 2.5}, r"discriminative_width must be a positive integer, got 2\.5"),
+        ({"learning_rate": 0}, r"learning_rate must be a positive number, got 0\. DRAEM uses 1e-4"),
+        ({"anomaly_probability": 1.5}, r"anomaly_probability must be a number in \[0, 1\], got 1\.5"),
+        ({"bank_probability": -0.1}, r"bank_probability must be a number in \[0, 1\], got -0\.1"),
+        ({"beta": 1.5}, r"beta must be a number in \[0, 1\] or a range \[low, high\].*got 1\.5"),
+        ({"beta": [0.9, 0.1]}, r"beta must be .*0 <= low <= high <= 1, got \[0\.9, 0\.1\]"),
+        ({"weak_scope": "boxes"}, r"weak_scope must be 'box' \(.*\) or 'all' \(.*\), got 'boxes'"),
+        ({"p_cutoff": "0.1"}, r"p_cutoff must be a number in \[0, 1\), got '0\.1'"),
+        ({"generator": "diffusion"}, r"generator must be one of \['anogen', 'perlin'\]"),
+    ],
+)
+def test_bad_arguments_name_themselves_the_value_and_the_range(arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DraemWeak(**arguments)
 
 
 def test_dtd_textures_are_used_as_anomaly_source(toy_root: Path) -> None:
@@ -117,3 +148,14 @@ def test_trains_a_few_steps_on_real_bottle_images(tmp_path: Path) -> None:
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     for name in ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPR", "pixel_AUPRO"):
         assert 0.0 <= metrics[name] <= 1.0, name
+
+
+def test_checkpoint_widths_replace_the_command_lines_before_the_weights_load() -> None:
+    trained = DraemWeak(reconstructive_width=8, discriminative_width=4)
+    checkpoint = {"hyper_parameters": dict(trained.hparams), "state_dict": trained.state_dict()}
+    model = DraemWeak(reconstructive_width=16, discriminative_width=8)  # what `--model DraemWeak ...` built
+    model.on_load_checkpoint(checkpoint)  # Lightning calls it before it loads the state dict
+    model.load_state_dict(checkpoint["state_dict"])  # strict: no size mismatch
+    assert (model.hparams.reconstructive_width, model.hparams.discriminative_width) == (8, 4)
+    for name, value in trained.model.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], value), name

@@ -5,7 +5,8 @@ import torch
 from anomalib.models.image.draem.loss import DraemLoss
 from kornia.losses import FocalLoss, focal_loss
 
-from anomalib_anogen.models.image.draem_weak import DraemWeakLoss, weak_pixel_weights
+from anomalib_anogen.models.components import weak_pixel_weights
+from anomalib_anogen.models.image.draem_weak import DraemWeakLoss
 
 
 def logits_for_probability(probability: torch.Tensor) -> torch.Tensor:

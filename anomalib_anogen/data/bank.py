@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from anomalib_anogen.generation.errors import AnogenInputError
+
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "bank.json"
 HOW_TO_MAKE = (
@@ -23,8 +25,8 @@ HOW_TO_MAKE = (
 )
 
 
-class BankError(ValueError):
-    """A missing, empty or malformed anomaly bank."""
+class BankError(AnogenInputError):
+    """A missing, empty, malformed or (for training) unfinished anomaly bank."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def load_bank(bank_dir: Path | str, exclude_defects: list[str] | tuple[str, ...]
     """Read and check a bank's manifest; raise ``BankError`` naming the problem and how to make a bank.
 
     Every file a record names must exist: a bank whose images were moved or deleted fails here,
-    at model construction, not in the middle of training.
+    when training starts (the generator is built), not in the middle of training.
     """
     bank_dir = Path(bank_dir).expanduser()
     manifest = bank_dir / MANIFEST_NAME
@@ -99,3 +101,64 @@ def load_bank(bank_dir: Path | str, exclude_defects: list[str] | tuple[str, ...]
         msg = f"bank_dir: anomaly bank '{bank_dir}' holds no anomalies{detail}. {HOW_TO_MAKE}"
         raise BankError(msg)
     return records
+
+
+@dataclass(frozen=True)
+class BankProgress:
+    """How far an unfinished bank got: ``done`` records in its manifest of ``planned`` (``None``: not recorded)."""
+
+    done: int
+    planned: int | None
+
+    def describe(self) -> str:
+        """``"10 of 96 records"`` (or ``"10 records"`` when the plan is unknown)."""
+        return f"{self.done} of {self.planned} records" if self.planned is not None else f"{self.done} records"
+
+
+def _manifest_records(manifest: Path) -> int:
+    """Records in a manifest, not counting a line torn by a crash."""
+    count = 0
+    if manifest.is_file():
+        for line in manifest.read_bytes().decode("utf-8", errors="replace").splitlines():
+            try:
+                count += isinstance(json.loads(line), dict)
+            except json.JSONDecodeError:
+                continue
+    return count
+
+
+def unfinished_bank(bank_dir: Path | str) -> BankProgress | None:
+    """``None`` for a finished bank; how far it got when its ``bank.json`` says ``complete: false``.
+
+    ``anogen generate`` writes ``bank.json`` with ``complete: false`` before its first record and sets it
+    to ``true`` when every planned record is written; a bank without ``bank.json`` or without that key
+    (made by other tools) counts as finished. A ``bank.json`` that cannot be read is an error.
+    """
+    bank_dir = Path(bank_dir).expanduser()
+    summary_file = bank_dir / SUMMARY_NAME
+    if not summary_file.is_file():
+        return None
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        msg = f"bank_dir: {summary_file} cannot be read ({error}). Regenerate the bank. {HOW_TO_MAKE}"
+        raise BankError(msg) from error
+    if not isinstance(summary, dict) or summary.get("complete", True) is not False:
+        return None
+    settings = summary.get("settings")
+    planned = None
+    if isinstance(settings, dict):
+        sources, defects, per_image = settings.get("sources"), settings.get("defects"), settings.get("per_image")
+        if isinstance(sources, int) and isinstance(defects, list) and isinstance(per_image, int):
+            planned = sources * len(defects) * per_image
+    return BankProgress(done=_manifest_records(bank_dir / MANIFEST_NAME), planned=planned)
+
+
+def unfinished_bank_error(bank_dir: Path | str, progress: BankProgress) -> BankError:
+    """The error that stops training on an unfinished bank: which bank, how far it got, and the two ways on."""
+    return BankError(
+        f"bank_dir: anomaly bank '{bank_dir}' is unfinished (bank.json says complete: false): "
+        f"{progress.describe()} were generated. Finish it by running the `anogen generate` command that made it "
+        "again with `--resume true`, or set allow_incomplete_bank: true (--model.allow_incomplete_bank true) "
+        f"to train on the {progress.done} finished records."
+    )

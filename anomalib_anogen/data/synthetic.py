@@ -6,6 +6,8 @@ from typing import NamedTuple
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from anomalib_anogen.arguments import ModelArgumentError
+
 
 class SyntheticBatch(NamedTuple):
     """A batch of synthetic anomalies.
@@ -26,9 +28,9 @@ class SyntheticBatch(NamedTuple):
 def resolve_dtd_dir(dtd_dir: Path | str | None, argument: str = "dtd_dir") -> Path | None:
     """Check a folder of anomaly-source textures; never download anything.
 
-    Returns ``None`` for ``None`` (Perlin noise alone). Raises ``ValueError`` naming ``argument``
-    when the folder is missing or holds no images, so that a typo never turns into a silent
-    switch to noise-only anomalies or into a download.
+    Returns ``None`` for ``None`` (Perlin noise alone). Raises ``ModelArgumentError`` (a ``ValueError``)
+    naming ``argument`` when the folder is missing or holds no images, so that a typo never turns into a
+    silent switch to noise-only anomalies or into a download.
     """
     if dtd_dir is None:
         return None
@@ -39,8 +41,8 @@ def resolve_dtd_dir(dtd_dir: Path | str | None, argument: str = "dtd_dir") -> Pa
     )
     if not path.is_dir():
         msg = f"{argument}: folder '{path}' does not exist. {hint}"
-        raise ValueError(msg)
+        raise ModelArgumentError(msg)
     if not any(next(path.rglob(f"*{extension}"), None) for extension in IMG_EXTENSIONS):
         msg = f"{argument}: folder '{path}' holds no images ({', '.join(sorted(IMG_EXTENSIONS))}). {hint}"
-        raise ValueError(msg)
+        raise ModelArgumentError(msg)
     return path

@@ -4,13 +4,15 @@ As in the paper's code, each training sample comes from the bank with probabilit
 ``bank_probability`` (0.5) and from Perlin/DTD otherwise; of the bank draws, half are the
 generated anomaly with its box mask and half the clean normal image it was generated from,
 with an empty mask. A bank sample replaces the batch image: its reconstruction target is its
-own source image (from the manifest), not the batch image. Random rotation (p=0.3, within
-±90°, as the paper's DRAEM) turns image, target and mask together.
+own source image (from the manifest), not the batch image. Random rotation (by default DRAEM's:
+p=0.3, within ±90°; the DeSTSeg models set DeSTSeg's per-category rule) turns image, target and
+mask together.
 
 Bank files are read and resized by DataLoader worker processes that run ahead of the training
 step, so loading stays out of the step's critical path.
 """
 
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,10 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anomalib_anogen.data.bank import BankRecord, load_bank
+from anomalib_anogen.arguments import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL, check_number
+from anomalib_anogen.data.bank import BankRecord, load_bank, unfinished_bank, unfinished_bank_error
 from anomalib_anogen.data.generators.perlin import PerlinGenerator
+from anomalib_anogen.data.generators.rotation import Rotation
 from anomalib_anogen.data.synthetic import SyntheticBatch
 
 NEVER_ENDING = 2**62
@@ -77,8 +81,12 @@ class AnoGenAnomalyGenerator(nn.Module):
         blend_factor: Perlin blend factor, a number or a ``(low, high)`` range.
         rotation_probability: Chance that a sample is rotated (paper's DRAEM: 0.3).
         rotation_degrees: Rotation angles are drawn from ``[-rotation_degrees, rotation_degrees]``.
+        rotation_quarter_turns: Turn a rotated sample first by a random multiple of 90° (DeSTSeg's rule).
+        rotation_fill: Grey of the corners a rotation uncovers, in [0, 1] (DeSTSeg: 114/255).
         num_workers: DataLoader worker processes that read the bank ahead of time (0: read in this process).
         prefetch: Bank samples each read-ahead batch holds.
+        allow_incomplete_bank: Train on the finished records of a bank whose ``anogen generate`` run did not
+            finish (``bank.json``: ``complete: false``), with a warning. Default: refuse such a bank.
     """
 
     def __init__(
@@ -89,29 +97,34 @@ class AnoGenAnomalyGenerator(nn.Module):
         exclude_defects: list[str] | tuple[str, ...] = (),
         dtd_dir: Path | str | None = None,
         probability: float = 0.5,
-        blend_factor: float | tuple[float, float] | list[float] = (0.1, 1.0),
+        blend_factor: float | tuple[float, float] | list[float] = (0.2, 1.0),
         rotation_probability: float = 0.3,
         rotation_degrees: float = 90.0,
+        rotation_quarter_turns: bool = False,
+        rotation_fill: float = 0.0,
         num_workers: int = 2,
         prefetch: int = 8,
+        allow_incomplete_bank: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in {
-            "bank_probability": bank_probability,
-            "clean_share": clean_share,
-            "rotation_probability": rotation_probability,
-        }.items():
-            if not 0.0 <= value <= 1.0:
-                msg = f"{name} must lie in [0, 1], got {value!r}."
-                raise ValueError(msg)
+        self.bank_probability = check_number("bank_probability", bank_probability, UNIT_INTERVAL)
+        self.clean_share = check_number("clean_share", clean_share, UNIT_INTERVAL)
+        self.rotation = Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
+        self.num_workers = check_number("num_workers", num_workers, NON_NEGATIVE_INT)
+        self.prefetch = check_number("prefetch", prefetch, POSITIVE_INT)
+        progress = unfinished_bank(bank_dir)
+        if progress is not None and not allow_incomplete_bank:
+            raise unfinished_bank_error(bank_dir, progress)
         self.records = load_bank(bank_dir, exclude_defects)
+        if progress is not None:
+            warnings.warn(
+                f"bank_dir: anomaly bank '{bank_dir}' is unfinished ({progress.describe()} generated); training on "
+                f"its {progress.done} finished records because allow_incomplete_bank is set. Finish it with "
+                "`anogen generate ... --resume true`.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.bank_dir = Path(bank_dir)
-        self.bank_probability = bank_probability
-        self.clean_share = clean_share
-        self.rotation_probability = rotation_probability
-        self.rotation_degrees = rotation_degrees
-        self.num_workers = num_workers
-        self.prefetch = prefetch
         self.perlin = PerlinGenerator(dtd_dir=dtd_dir, probability=probability, blend_factor=blend_factor)
         self._stream: Iterator | None = None
         self._stream_size: tuple[int, int] | None = None
@@ -160,21 +173,6 @@ class AnoGenAnomalyGenerator(nn.Module):
         drawn = [self._pending.popleft() for _ in range(count)]
         return tuple(torch.stack(parts) for parts in zip(*drawn, strict=True))  # type: ignore[return-value]
 
-    def rotate(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Rotate each sample with ``rotation_probability``, by the same angle across all tensors given.
-
-        The last tensor is the mask (nearest neighbour); the others are images (bilinear).
-        """
-        outputs = [tensor.clone() for tensor in tensors]
-        for index in range(tensors[0].shape[0]):
-            if torch.rand(1).item() >= self.rotation_probability:
-                continue
-            angle = float(torch.empty(1).uniform_(-self.rotation_degrees, self.rotation_degrees).item())
-            for position, tensor in enumerate(tensors):
-                mode = InterpolationMode.NEAREST if position == len(tensors) - 1 else InterpolationMode.BILINEAR
-                outputs[position][index] = tvf.rotate(tensor[index], angle, interpolation=mode)
-        return tuple(outputs)
-
     def generate(self, images: torch.Tensor) -> SyntheticBatch:
         """Synthetic anomalies for a batch ``(B, 3, H, W)`` of normal images in [0, 1]."""
         batch_size, size = images.shape[0], (int(images.shape[-2]), int(images.shape[-1]))
@@ -196,7 +194,7 @@ class AnoGenAnomalyGenerator(nn.Module):
             mask[rows] = torch.where(keep, torch.zeros_like(box), box)
             target[rows] = source
             is_box[rows] = ~clean
-        augmented, target, mask = self.rotate(augmented, target, mask)
+        augmented, target, mask = self.rotation(augmented, target, mask)
         return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=target)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,8 @@ from pathlib import Path
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 
+from anomalib_anogen.arguments import UNIT_INTERVAL, check_blend, check_number
+from anomalib_anogen.data.generators.rotation import Rotation
 from anomalib_anogen.data.synthetic import SyntheticBatch, resolve_dtd_dir
 
 
@@ -15,25 +17,34 @@ class PerlinGenerator(PerlinAnomalyGenerator):
         dtd_dir: Folder of texture images, or ``None`` for Perlin noise alone; never downloaded.
         probability: Share of images that get an anomaly.
         blend_factor: A number, or a ``(low, high)`` range (lists from configs are accepted).
+        rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill: A random rotation of
+            the normal image before the anomaly is put in, as DeSTSeg does (see ``rotation.Rotation``);
+            none by default, as anomalib's ``Draem``.
     """
 
     def __init__(
         self,
         dtd_dir: Path | str | None = None,
         probability: float = 0.5,
-        blend_factor: float | tuple[float, float] | list[float] = (0.1, 1.0),
+        blend_factor: float | tuple[float, float] | list[float] = (0.2, 1.0),
+        rotation_probability: float = 0.0,
+        rotation_degrees: float = 0.0,
+        rotation_quarter_turns: bool = False,
+        rotation_fill: float = 0.0,
     ) -> None:
-        if not 0.0 <= probability <= 1.0:
-            msg = f"anomaly_probability must lie in [0, 1], got {probability!r}."
-            raise ValueError(msg)
+        # The models pass their anomaly_probability and beta here: the messages use those names.
+        probability = check_number("anomaly_probability", probability, UNIT_INTERVAL)
         # Configs give ranges as lists; anomalib's generator samples only from a tuple.
-        blend = tuple(float(v) for v in blend_factor) if isinstance(blend_factor, list | tuple) else float(blend_factor)
+        blend = check_blend("beta", blend_factor)
+        rotation = Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
         super().__init__(
             anomaly_source_path=resolve_dtd_dir(dtd_dir, "dtd_dir"), probability=probability, blend_factor=blend
         )
+        self.rotation = rotation
 
     def generate(self, images: torch.Tensor) -> SyntheticBatch:
-        """Perlin/DTD anomalies: exact masks, the batch image is the reconstruction target."""
+        """Perlin/DTD anomalies: exact masks, the (rotated) batch image is the reconstruction target."""
+        (images,) = self.rotation(images, mask_last=False)
         augmented, mask = self(images)
         is_box = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         return SyntheticBatch(image=augmented, mask=mask, is_box=is_box, target=images)

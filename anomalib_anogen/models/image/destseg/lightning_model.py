@@ -6,11 +6,12 @@ steps only the denoising student learns (cosine distance to the frozen teacher's
 the clean image); then, until ``steps``, only the segmentation network learns (focal + L1).
 Each phase has its own SGD optimiser, stepped by hand on Lightning's ``global_step``.
 
-``DestsegTraining`` holds everything that ``Destseg`` and ``DestsegWeak`` share. Both models
-subclass ``AnomalibModule`` directly, because anomalib resolves ``--model NAME`` among its
-direct subclasses only; the shared part is therefore a mixin, not a base model.
+``DestsegWeak`` subclasses ``Destseg`` and changes only the segmentation loss and the anomaly
+source (anomalib's CLI resolves ``--model DestsegWeak`` by its short name: jsonargparse looks for
+subclasses of ``AnomalibModule`` at any depth).
 """
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,77 +24,160 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from anomalib_anogen.data.generators import build_generator, generate_batch
+from anomalib_anogen.arguments import (
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    ModelArgumentError,
+    check_blend,
+    check_choice,
+    check_number,
+)
+from anomalib_anogen.data.generators import (
+    ROTATION_RULES,
+    destseg_rotation,
+    generate_batch,
+    resolve_generator,
+    resolve_rotation_rule,
+)
+from anomalib_anogen.data.generators.rotation import RotationRule
 from anomalib_anogen.data.synthetic import SyntheticBatch
 from anomalib_anogen.models.components import SyntheticAnomalyModel
 
 from .loss import DestsegLoss
 from .torch_model import WEIGHTS_HINT, DestsegModel
 
-__all__ = ["Destseg", "DestsegTraining"]
+__all__ = ["Destseg"]
+
+logger = logging.getLogger(__name__)
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be a positive integer, got {value!r}."
-        raise ValueError(msg)
-    return value
-
-
 def validate_schedule(steps: int, de_st_steps: int, top_k: int) -> None:
     """Check ``steps``, ``de_st_steps`` and ``T`` before any network is built."""
-    _check_positive_int("steps", steps)
-    _check_positive_int("T", top_k)
-    if isinstance(de_st_steps, bool) or not isinstance(de_st_steps, int) or de_st_steps < 0:
-        msg = f"de_st_steps must be a non-negative integer, got {de_st_steps!r}."
-        raise ValueError(msg)
+    check_number("steps", steps, POSITIVE_INT, "DeSTSeg: 5000.")
+    check_number("de_st_steps", de_st_steps, NON_NEGATIVE_INT, "DeSTSeg: 1000.")
+    check_number("T", top_k, POSITIVE_INT, "DeSTSeg: 100.")
     if de_st_steps >= steps:
         msg = (
             f"de_st_steps ({de_st_steps}) must be smaller than steps ({steps}): the student trains for de_st_steps "
             "steps, the segmentation network for the remaining steps - de_st_steps (DeSTSeg: 1000 of 5000)."
         )
-        raise ValueError(msg)
+        raise ModelArgumentError(msg)
 
 
-def validate_probability_and_rates(anomaly_probability: float, rates: dict[str, float]) -> None:
-    """Check the anomaly share and the learning rates."""
-    if not 0.0 <= anomaly_probability <= 1.0:
-        msg = f"anomaly_probability must lie in [0, 1], got {anomaly_probability!r}."
-        raise ValueError(msg)
-    for name, value in rates.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            msg = f"{name} must be a positive number, got {value!r}."
-            raise ValueError(msg)
+PUBLISHED_RATES = {"student_lr": 0.4, "residual_lr": 0.1, "head_lr": 0.01}
 
 
-class DestsegTraining(SyntheticAnomalyModel):
-    """Synthesis, two-phase training, inference hooks and trainer settings shared by the DeSTSeg models."""
+def validate_probability_and_rates(anomaly_probability: float, rates: dict[str, float]) -> dict[str, float]:
+    """Check the anomaly share and the learning rates; return the rates as floats."""
+    check_number("anomaly_probability", anomaly_probability, UNIT_INTERVAL, "DeSTSeg: 1.0.")
+    return {
+        name: check_number(name, value, POSITIVE, f"DeSTSeg: {PUBLISHED_RATES[name]}.") for name, value in rates.items()
+    }
+
+
+class Destseg(SyntheticAnomalyModel, AnomalibModule):
+    """DeSTSeg: denoising student-teacher with a segmentation network (Zhang et al., CVPR 2023).
+
+    Args:
+        pretrained_weights: Local file of ImageNet resnet18 weights for the frozen teacher (a timm or
+            torchvision state dict, ``.pth``/``.pt`` or ``.safetensors``). ``"random"``: random teacher,
+            for tests only. ``None`` (default): no teacher weights; fit/test/predict refuse to start unless
+            a checkpoint supplies them (e.g. ``anomalib export --ckpt_path``). Nothing is downloaded.
+        dtd_dir: Folder of texture images for Perlin anomalies (e.g. ``../shared/data/dtd/images``).
+            ``None``: Perlin noise alone. A missing folder is an error when training starts (a trained
+            model is tested, exported or loaded without it); nothing is downloaded.
+        beta: anomalib's blend factor (share of the texture in the anomaly), a number in [0, 1] or a range
+            within it. DeSTSeg's ``(0.2, 1.0)`` is the default.
+        anomaly_probability: Share of training images that get an anomaly, in [0, 1] (DeSTSeg: 1.0).
+        steps: Total training steps, a positive integer (DeSTSeg: 5000); sets the trainer's ``max_steps``.
+        de_st_steps: Steps of the student phase, before the segmentation phase; 0 <= de_st_steps < steps
+            (DeSTSeg: 1000).
+        T: Image score = mean of the ``T`` largest anomaly-map values, a positive integer (DeSTSeg: 100).
+        student_lr: SGD learning rate of the student, positive (DeSTSeg: 0.4).
+        residual_lr: SGD learning rate of the segmentation network's residual blocks, positive (DeSTSeg: 0.1).
+        head_lr: SGD learning rate of the ASPP head, positive (DeSTSeg: 0.01).
+        gamma: Focal-loss focusing parameter, non-negative (DeSTSeg: 4).
+        rotation: Rotation of training images (and generated anomalies with their masks): ``auto``
+            (default) applies DeSTSeg's rule for the datamodule's MVTec AD category (a quarter turn and
+            ±5° for bottle, carpet, grid, hazelnut, leather, screw, tile; ±5° for cable, wood, zipper;
+            none for the others) and none for any other category (your own product: a turned part may
+            be a defect); or ``none``, ``slight`` (±5°), ``full`` (quarter turn and ±5°).
+        pre_processor: Pre-processor instance or flag to use the default (resize to 256, no normalisation).
+        post_processor: Post-processor instance or flag to use the default.
+        evaluator: Evaluator instance or flag to use the default.
+        visualizer: Visualizer instance or flag to use the default.
+    """
 
     model: DestsegModel
     loss: DestsegLoss
 
-    def _build(
+    def __init__(
         self,
-        pretrained_weights: str | Path | None,
-        augmenter: nn.Module,
-        steps: int,
-        de_st_steps: int,
-        top_k: int,
-        learning_rates: dict[str, float],
+        pretrained_weights: str | Path | None = None,
+        dtd_dir: Path | str | None = None,
+        beta: float | tuple[float, float] = (0.2, 1.0),
+        anomaly_probability: float = 1.0,
+        steps: int = 5000,
+        de_st_steps: int = 1000,
+        T: int = 100,  # noqa: N803 - the paper's name
+        student_lr: float = 0.4,
+        residual_lr: float = 0.1,
+        head_lr: float = 0.01,
+        gamma: float = 4.0,
+        rotation: RotationRule = "auto",
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
     ) -> None:
-        """Keep the generator and build the network; call after ``AnomalibModule.__init__``."""
-        self.augmenter = augmenter
-        self.model = DestsegModel(pretrained_weights=pretrained_weights, top_k=top_k)
+        # Validate before the networks are built, so bad input fails fast; dtd_dir is read at fit start.
+        validate_schedule(steps, de_st_steps, T)
+        rotation = check_choice("rotation", rotation, ROTATION_RULES)
+        rates = {"student_lr": student_lr, "residual_lr": residual_lr, "head_lr": head_lr}
+        rates = validate_probability_and_rates(anomaly_probability, rates)
+        loss = DestsegLoss(gamma=gamma)
+        generator_spec = resolve_generator(
+            "perlin", dtd_dir=dtd_dir, probability=float(anomaly_probability), blend_factor=check_blend("beta", beta)
+        )
+        model = DestsegModel(pretrained_weights=pretrained_weights, top_k=T)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.loss = loss
+        self.generator_spec = generator_spec
+        self.model = model
         self.steps = steps
         self.de_st_steps = de_st_steps
-        self.learning_rates = learning_rates
+        self.learning_rates = rates
+        self.rotation = rotation
         self.automatic_optimization = False  # two optimisers, one per phase, stepped by hand
+
+    def setup(self, stage: str) -> None:
+        """At fit start, give the generator DeSTSeg's rotation for this category, then build it."""
+        if stage == "fit" and "augmenter" not in self._modules:
+            datamodule = getattr(self._trainer, "datamodule", None)  # None when setup is called without a trainer
+            category = getattr(datamodule, "category", None)
+            rule = resolve_rotation_rule(self.rotation, category)
+            if self.rotation == "auto":
+                logger.info(
+                    "%s: rotation 'auto' for category %r: %s (%s)",
+                    type(self).__name__,
+                    category,
+                    rule,
+                    ROTATION_RULES[rule],
+                )
+            self.generator_spec = self.generator_spec.with_options(**destseg_rotation(rule).options())
+        super().setup(stage)
 
     def synthesize(self, images: torch.Tensor) -> SyntheticBatch:
         """Put synthetic anomalies into a batch of normal images, with mask kinds and reconstruction targets."""
@@ -159,6 +243,17 @@ class DestsegTraining(SyntheticAnomalyModel):
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "Destseg":
+        """Restore a trained model; its teacher comes from the checkpoint, not from ``pretrained_weights``.
+
+        The checkpoint holds the teacher's weights (and ``teacher_ready``), so the weights file it was trained
+        with is not read again: ``anomalib export --ckpt_path ...`` works where that file is not (a line PC).
+        Pass ``pretrained_weights`` to load a file anyway.
+        """
+        kwargs.setdefault("pretrained_weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def require_teacher(self) -> None:
         """Refuse to run with a teacher that was never given weights (no file, not ``random``, no checkpoint)."""
         if not bool(self.model.teacher_ready):
@@ -166,7 +261,7 @@ class DestsegTraining(SyntheticAnomalyModel):
                 f"{type(self).__name__} has no teacher weights: pretrained_weights is None and no checkpoint was "
                 f"loaded. The teacher is an ImageNet ResNet-18 and timm's hub is not used (offline). {WEIGHTS_HINT}"
             )
-            raise ValueError(msg)
+            raise ModelArgumentError(msg)
 
     def on_fit_start(self) -> None:
         """Check the teacher (after any checkpoint was restored)."""
@@ -191,7 +286,7 @@ class DestsegTraining(SyntheticAnomalyModel):
                 f"{type(self).__name__}'s pre-processor must not contain Normalize: anomalies are blended into [0, 1] "
                 "images and the network applies ImageNet normalisation itself."
             )
-            raise ValueError(msg)
+            raise ModelArgumentError(msg)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -202,63 +297,3 @@ class DestsegTraining(SyntheticAnomalyModel):
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize only (default 256x256, DeSTSeg's); ImageNet normalisation is inside the network."""
         return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
-
-
-class Destseg(DestsegTraining, AnomalibModule):
-    """DeSTSeg: denoising student-teacher with a segmentation network (Zhang et al., CVPR 2023).
-
-    Args:
-        pretrained_weights: Local file of ImageNet resnet18 weights for the frozen teacher (a timm or
-            torchvision state dict, ``.pth``/``.pt`` or ``.safetensors``). ``"random"``: random teacher,
-            for tests only. ``None`` (default): no teacher weights; fit/test/predict refuse to start unless
-            a checkpoint supplies them (e.g. ``anomalib export --ckpt_path``). Nothing is downloaded.
-        dtd_dir: Folder of texture images for Perlin anomalies (e.g. ``../shared/data/dtd/images``).
-            ``None``: Perlin noise alone. A missing folder is an error; nothing is downloaded.
-        beta: anomalib's blend factor (share of the texture in the anomaly), a number or a range.
-            DeSTSeg's ``(0.2, 1.0)`` is the default.
-        anomaly_probability: Share of training images that get an anomaly (DeSTSeg: 1.0).
-        steps: Total training steps (DeSTSeg: 5000); sets the trainer's ``max_steps``.
-        de_st_steps: Steps of the student phase, before the segmentation phase (DeSTSeg: 1000).
-        T: Image score = mean of the ``T`` largest anomaly-map values (DeSTSeg: 100).
-        student_lr: SGD learning rate of the student (DeSTSeg: 0.4).
-        residual_lr: SGD learning rate of the segmentation network's residual blocks (DeSTSeg: 0.1).
-        head_lr: SGD learning rate of the ASPP head (DeSTSeg: 0.01).
-        gamma: Focal-loss focusing parameter (DeSTSeg: 4).
-        pre_processor: Pre-processor instance or flag to use the default (resize to 256, no normalisation).
-        post_processor: Post-processor instance or flag to use the default.
-        evaluator: Evaluator instance or flag to use the default.
-        visualizer: Visualizer instance or flag to use the default.
-    """
-
-    def __init__(
-        self,
-        pretrained_weights: str | Path | None = None,
-        dtd_dir: Path | str | None = None,
-        beta: float | tuple[float, float] = (0.2, 1.0),
-        anomaly_probability: float = 1.0,
-        steps: int = 5000,
-        de_st_steps: int = 1000,
-        T: int = 100,  # noqa: N803 - the paper's name
-        student_lr: float = 0.4,
-        residual_lr: float = 0.1,
-        head_lr: float = 0.01,
-        gamma: float = 4.0,
-        pre_processor: PreProcessor | bool = True,
-        post_processor: PostProcessor | bool = True,
-        evaluator: Evaluator | bool = True,
-        visualizer: Visualizer | bool = True,
-    ) -> None:
-        # Validate before the networks are built, so bad input fails fast.
-        validate_schedule(steps, de_st_steps, T)
-        rates = {"student_lr": student_lr, "residual_lr": residual_lr, "head_lr": head_lr}
-        validate_probability_and_rates(anomaly_probability, rates)
-        loss = DestsegLoss(gamma=gamma)
-        augmenter = build_generator("perlin", dtd_dir=dtd_dir, probability=anomaly_probability, blend_factor=beta)
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        self.loss = loss
-        self._build(pretrained_weights, augmenter, steps, de_st_steps, T, rates)

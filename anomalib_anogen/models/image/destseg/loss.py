@@ -5,6 +5,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
+
+from anomalib_anogen.arguments import NON_NEGATIVE, check_number
 
 __all__ = ["DestsegLoss", "downsample_mask"]
 
@@ -24,10 +27,7 @@ class DestsegLoss(nn.Module):
 
     def __init__(self, gamma: float = 4.0) -> None:
         super().__init__()
-        if isinstance(gamma, bool) or not isinstance(gamma, int | float) or gamma < 0:
-            msg = f"gamma must be a non-negative number (DeSTSeg: 4), got {gamma!r}."
-            raise ValueError(msg)
-        self.gamma = float(gamma)
+        self.gamma = check_number("gamma", gamma, NON_NEGATIVE, "DeSTSeg: 4.")
 
     @staticmethod
     def cosine_distance(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -42,11 +42,11 @@ class DestsegLoss(nn.Module):
         return loss
 
     def focal_per_pixel(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Binary focal loss per pixel, from logits for numerical safety (equal to DeSTSeg's on probabilities)."""
-        cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        probability = torch.sigmoid(logits)
-        p_t = probability * target + (1 - probability) * (1 - target)
-        return cross_entropy * (1 - p_t).pow(self.gamma)
+        """Binary focal loss per pixel, from logits for numerical safety (equal to DeSTSeg's on probabilities).
+
+        torchvision's ``sigmoid_focal_loss`` without class weighting (``alpha=-1``), as DeSTSeg's.
+        """
+        return sigmoid_focal_loss(logits, target, alpha=-1, gamma=self.gamma, reduction="none")
 
     def focal(self, logits: torch.Tensor, target: torch.Tensor, is_box: torch.Tensor) -> torch.Tensor:
         """Mean focal loss over all pixels; ``is_box`` is ignored (exact masks only in plain DeSTSeg)."""

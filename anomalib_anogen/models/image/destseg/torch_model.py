@@ -21,6 +21,8 @@ from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from anomalib_anogen.arguments import ModelArgumentError
+
 __all__ = ["RANDOM_WEIGHTS", "AsppHead", "DenoisingStudent", "DestsegModel", "SegmentationNetwork"]
 
 RANDOM_WEIGHTS = "random"
@@ -59,11 +61,6 @@ def kaiming_init(module: nn.Module) -> None:
         elif isinstance(layer, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
-
-
-def l2_normalize(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Unit-length feature vectors along the channel axis, so products are cosine similarities."""
-    return features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
 class DenoisingStudent(nn.Module):
@@ -161,13 +158,13 @@ class SegmentationNetwork(nn.Module):
 def load_teacher_state(path: str | Path, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read a timm/torchvision resnet18 state dict and keep what the teacher (layers up to 3) needs.
 
-    Raises ``ValueError`` naming ``pretrained_weights`` when the file is missing, unreadable or not a
-    resnet18 state dict; nothing is downloaded.
+    Raises ``ModelArgumentError`` (a ``ValueError``) naming ``pretrained_weights`` when the file is missing,
+    unreadable or not a resnet18 state dict; nothing is downloaded.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         msg = f"pretrained_weights: file '{path}' does not exist. {WEIGHTS_HINT}"
-        raise ValueError(msg)
+        raise ModelArgumentError(msg)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -177,12 +174,12 @@ def load_teacher_state(path: str | Path, expected: Mapping[str, torch.Tensor]) -
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         msg = f"pretrained_weights: could not read '{path}' as a state dict ({error}). {WEIGHTS_HINT}"
-        raise ValueError(msg) from error
+        raise ModelArgumentError(msg) from error
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         msg = f"pretrained_weights: '{path}' holds a {type(state).__name__}, not a state dict. {WEIGHTS_HINT}"
-        raise ValueError(msg)
+        raise ModelArgumentError(msg)
     state = {key.removeprefix("module."): value for key, value in state.items()}
     missing = [key for key in expected if key not in state]
     wrong = [key for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
@@ -191,7 +188,7 @@ def load_teacher_state(path: str | Path, expected: Mapping[str, torch.Tensor]) -
             f"pretrained_weights: '{path}' is not a resnet18 state dict ({len(missing)} teacher tensors missing, "
             f"e.g. {missing[:3]}; {len(wrong)} with other shapes, e.g. {wrong[:3]}). {WEIGHTS_HINT}"
         )
-        raise ValueError(msg)
+        raise ModelArgumentError(msg)
     return {key: state[key] for key in expected}
 
 
@@ -225,11 +222,11 @@ class DestsegModel(nn.Module):
     def teacher_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Unit-normalised teacher features at layers 1-3 (no gradient, BatchNorm always in eval mode)."""
         features = self.teacher((images - self.mean) / self.std)
-        return [l2_normalize(features[name]) for name in TEACHER_LAYERS]
+        return [F.normalize(features[name], dim=1) for name in TEACHER_LAYERS]
 
     def student_features(self, images: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         """Unit-normalised student features at the teacher's three sizes."""
-        return [l2_normalize(feature) for feature in self.student((images - self.mean) / self.std, sizes)]
+        return [F.normalize(feature, dim=1) for feature in self.student((images - self.mean) / self.std, sizes)]
 
     def segment(self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
         """Segmentation logits at the finest feature size from teacher-student disagreement.
@@ -245,13 +242,13 @@ class DestsegModel(nn.Module):
         return self.segmentation(torch.cat(products, dim=1))
 
     def check_top_k(self, height: int, width: int) -> None:
-        """Raise a ``ValueError`` naming ``T`` when the anomaly map has fewer values than ``T``."""
+        """Raise a ``ModelArgumentError`` (a ``ValueError``) naming ``T`` when the map has fewer values than ``T``."""
         if self.top_k > height * width:
             msg = (
                 f"T={self.top_k} is larger than the anomaly map ({height}x{width} = {height * width} values): "
                 "the image score is the mean of the T largest values. Lower T or use larger images."
             )
-            raise ValueError(msg)
+            raise ModelArgumentError(msg)
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Anomaly map ``(B, 1, H, W)`` in [0, 1] at the input size, and image score (mean of the top ``T``)."""

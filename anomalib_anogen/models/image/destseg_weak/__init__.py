@@ -2,6 +2,5 @@
 
 from .lightning_model import DestsegWeak
 from .loss import DestsegWeakLoss
-from .torch_model import DestsegModel
 
-__all__ = ["DestsegModel", "DestsegWeak", "DestsegWeakLoss"]
+__all__ = ["DestsegWeak", "DestsegWeakLoss"]

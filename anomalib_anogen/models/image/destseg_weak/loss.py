@@ -8,13 +8,13 @@ as in the paper's code. Exact (Perlin/DTD) masks give DeSTSeg's plain loss.
 
 import torch
 
-from anomalib_anogen.models.image.destseg.loss import DestsegLoss
-from anomalib_anogen.models.image.draem_weak.loss import (
+from anomalib_anogen.models.components.weak import (
     WeakScope,
     validate_p_cutoff,
     validate_weak_scope,
     weak_weights_from_probability,
 )
+from anomalib_anogen.models.image.destseg.loss import DestsegLoss
 
 __all__ = ["DestsegWeakLoss"]
 

@@ -2,9 +2,14 @@
 
 anomalib's ``DraemModel`` fixes the sub-network widths (128 and 64). ``DraemWeakModel`` keeps
 its forward pass and sub-networks and only lets the widths shrink, so tests and CPU demos can
-train a real DRAEM in seconds. With the default widths it is exactly ``DraemModel``.
+train a real DRAEM in seconds, and scores an image as DRAEM's paper code does: the maximum of the
+anomaly map averaged over 21 x 21 pixels (``score_pool``), not anomalib's maximum of single pixels.
+With the default widths and ``score_pool=1`` it is exactly ``DraemModel``.
 """
 
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
 from anomalib.models.image.draem.torch_model import (
     DiscriminativeSubNetwork,
     DraemModel,
@@ -12,8 +17,11 @@ from anomalib.models.image.draem.torch_model import (
 )
 from torch import nn
 
+from anomalib_anogen.arguments import POSITIVE_INT, check_number
+
 DEFAULT_RECONSTRUCTIVE_WIDTH = 128
 DEFAULT_DISCRIMINATIVE_WIDTH = 64
+DEFAULT_SCORE_POOL = 21  # DRAEM's test code and AnoGen's test_DRAEM.py: avg_pool2d(map, 21, stride 1, padding 10)
 
 
 class DraemWeakModel(DraemModel):
@@ -22,20 +30,20 @@ class DraemWeakModel(DraemModel):
     Args:
         reconstructive_width: Base width of the reconstructive auto-encoder (DRAEM: 128).
         discriminative_width: Base width of the discriminative U-Net (DRAEM: 64).
+        score_pool: Image score = maximum of the anomaly map average-pooled over ``score_pool`` x
+            ``score_pool`` pixels (stride 1, zero padding, as DRAEM's evaluation); 1 gives anomalib's
+            maximum of single pixels. The anomaly map itself is not pooled.
     """
 
     def __init__(
         self,
         reconstructive_width: int = DEFAULT_RECONSTRUCTIVE_WIDTH,
         discriminative_width: int = DEFAULT_DISCRIMINATIVE_WIDTH,
+        score_pool: int = DEFAULT_SCORE_POOL,
     ) -> None:
-        for name, value in {
-            "reconstructive_width": reconstructive_width,
-            "discriminative_width": discriminative_width,
-        }.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{name} must be a positive integer, got {value!r}."
-                raise ValueError(msg)
+        reconstructive_width = check_number("reconstructive_width", reconstructive_width, POSITIVE_INT, "DRAEM: 128.")
+        discriminative_width = check_number("discriminative_width", discriminative_width, POSITIVE_INT, "DRAEM: 64.")
+        score_pool = check_number("score_pool", score_pool, POSITIVE_INT, "DRAEM: 21; 1 for the single-pixel maximum.")
         # Skip DraemModel.__init__ so the full-width networks are not built and thrown away.
         nn.Module.__init__(self)
         self.reconstructive_subnetwork = ReconstructiveSubNetwork(base_width=reconstructive_width)
@@ -44,3 +52,12 @@ class DraemWeakModel(DraemModel):
             out_channels=2,
             base_width=discriminative_width,
         )
+        self.score_pool = score_pool
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | InferenceBatch:
+        """Training: reconstruction and mask logits. Inference: the anomaly map and its pooled-maximum score."""
+        output = super().forward(batch)
+        if self.training or self.score_pool == 1:
+            return output
+        pooled = F.avg_pool2d(output.anomaly_map.unsqueeze(1), self.score_pool, stride=1, padding=self.score_pool // 2)
+        return InferenceBatch(pred_score=torch.amax(pooled, dim=(-3, -2, -1)), anomaly_map=output.anomaly_map)

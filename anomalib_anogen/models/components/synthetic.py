@@ -1,7 +1,8 @@
 """What every model of this plugin shares, as a mixin placed before ``AnomalibModule``.
 
-The models subclass ``AnomalibModule`` directly (anomalib resolves ``--model NAME`` among its
-direct subclasses only), so shared behaviour comes from a mixin rather than a base model.
+``DraemWeak`` borrows anomalib's ``Draem`` methods (its constructor would build a full-width network and
+download DTD) and ``Destseg`` is its own network, so the two share training on synthetic anomalies through
+this mixin rather than a common base model.
 """
 
 import math
@@ -12,7 +13,9 @@ from typing import Any
 from anomalib import LearningType
 from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
+from torch import nn
 
+from anomalib_anogen.data.generators import GeneratorSpec
 from anomalib_anogen.metrics import anogen_evaluator
 
 # A normalisation range narrower than this share of the values' magnitude amplifies rounding noise
@@ -54,9 +57,30 @@ def degenerate_normalisation(post_processor: PostProcessor | None) -> str | None
 
 
 class SyntheticAnomalyModel:
-    """One-class training on synthetic anomalies, evaluated with the metrics AnoGen reports."""
+    """One-class training on synthetic anomalies, evaluated with the metrics AnoGen reports.
+
+    The synthetic-anomaly generator is a training-time part: the model checks its choice when it is built
+    (``generator_spec``, no file read) and builds it (reads the bank, checks the DTD folder) at the start of
+    fitting, or on first use of ``augmenter``. A model built for test, predict or export, or loaded from a
+    checkpoint whose bank or DTD folder has moved, never needs them.
+    """
 
     post_processor: PostProcessor | None
+    generator_spec: GeneratorSpec
+    _modules: dict[str, nn.Module]
+
+    @property
+    def augmenter(self) -> nn.Module:
+        """The synthetic-anomaly generator, built on first use (an assigned module replaces it)."""
+        if "augmenter" not in self._modules:
+            self._modules["augmenter"] = self.generator_spec.build()
+        return self._modules["augmenter"]
+
+    def setup(self, stage: str) -> None:
+        """Build the generator when fitting starts, so a missing bank or DTD folder fails before the first step."""
+        if stage == "fit":
+            self.augmenter  # noqa: B018 - built for its checks
+        super().setup(stage)  # type: ignore[misc]
 
     @property
     def learning_type(self) -> LearningType:

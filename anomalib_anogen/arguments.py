@@ -1,0 +1,174 @@
+"""The models' and generators' argument checks, and how anomalib's CLI shows a failed one.
+
+Every check raises :class:`ModelArgumentError` (a ``ValueError``) whose message starts with the
+argument's name, then gives the value and the allowed range or the fix, so
+``DraemWeak(p_cutoff=1.5)`` fails in Python with the same text that ``anomalib train --model
+DraemWeak --model.p_cutoff 1.5`` prints.
+
+anomalib's CLI builds the model inside jsonargparse, which tries each type of ``--model``'s
+``Optional[AnomalibModule]`` in turn and re-raises a model's error as a generic "Does not validate
+against any of the Union subtypes" whose first cause is ``Expected a <class 'NoneType'>``; anomalib
+prints that as a ~180-line traceback. :func:`install_cli_error_hook` (run by the plugin's start-up
+hook in the ``anomalib`` command only) prints the plugin's input errors as one ``error:`` line
+instead; every other error keeps anomalib's traceback.
+
+This module imports neither torch nor anomalib.
+"""
+
+import itertools
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar
+
+from anomalib_anogen.generation.errors import AnogenInputError
+
+
+class ModelArgumentError(AnogenInputError):
+    """A bad model or generator argument; the message names it, the value and the allowed values or the fix.
+
+    The most recent one is remembered (``last``): jsonargparse keeps only its text when anomalib's CLI
+    builds the model, and :func:`install_cli_error_hook` recognises it by that text.
+    """
+
+    last: ClassVar["ModelArgumentError | None"] = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        ModelArgumentError.last = self
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a numeric argument may take.
+
+    Attributes:
+        text: How the message words it ("a number in [0, 1)").
+        integer: Integers only (``bool`` is never a number here).
+        low, high: Bounds, ``None`` for none.
+        low_open, high_open: Whether the bound itself is excluded.
+    """
+
+    text: str
+    integer: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: object) -> bool:
+        """Whether ``value`` is of the right kind and within the bounds."""
+        kinds = int if self.integer else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds) or math.isnan(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+POSITIVE_INT = Allowed("a positive integer", integer=True, low=1)
+NON_NEGATIVE_INT = Allowed("a non-negative integer", integer=True, low=0)
+POSITIVE = Allowed("a positive number", low=0, low_open=True)
+NON_NEGATIVE = Allowed("a non-negative number", low=0)
+UNIT_INTERVAL = Allowed("a number in [0, 1]", low=0, high=1)
+UNIT_INTERVAL_OPEN_RIGHT = Allowed("a number in [0, 1)", low=0, high=1, high_open=True)
+
+
+def check_number(argument: str, value: object, allowed: Allowed, hint: str = "") -> int | float:
+    """Return ``value`` (an ``int`` for integer arguments, else a ``float``) or raise ``ModelArgumentError``.
+
+    Args:
+        argument: The argument's name, as the user writes it.
+        value: What was given.
+        allowed: Kind and range.
+        hint: What the argument means or its usual value, appended to the message.
+    """
+    if not allowed.admits(value):
+        message = f"{argument} must be {allowed.text}, got {value!r}."
+        raise ModelArgumentError(f"{message} {hint}" if hint else message)
+    return int(value) if allowed.integer else float(value)  # type: ignore[arg-type]
+
+
+def check_blend(argument: str, value: object) -> float | tuple[float, float]:
+    """A blend factor: a number in [0, 1], or a ``(low, high)`` range within [0, 1] (lists from configs too)."""
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and all(UNIT_INTERVAL.admits(v) for v in value) and value[0] <= value[1]:
+            return float(value[0]), float(value[1])
+    elif UNIT_INTERVAL.admits(value):
+        return float(value)  # type: ignore[arg-type]
+    msg = (
+        f"{argument} must be a number in [0, 1] or a range [low, high] with 0 <= low <= high <= 1, got {value!r}. "
+        "It is the share of the texture in a Perlin anomaly."
+    )
+    raise ModelArgumentError(msg)
+
+
+def check_choice(argument: str, value: object, choices: dict[str, str]) -> str:
+    """Return ``value`` if it is one of ``choices`` (name -> meaning), else raise listing them."""
+    if isinstance(value, str) and value in choices:
+        return value
+    listed = [f"{name!r} ({meaning})" for name, meaning in choices.items()]
+    alternatives = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + f" or {listed[-1]}"
+    raise ModelArgumentError(f"{argument} must be {alternatives}, got {value!r}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# anomalib's CLI
+
+ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], object]
+CLI_NAMES = frozenset({"anomalib", "anomalib.exe", "anomalib-script.py"})
+CLI_MODULES = frozenset({"anomalib.cli", "anomalib.cli.cli"})
+
+
+def plugin_input_error(error: BaseException) -> AnogenInputError | None:
+    """The plugin's input error behind ``error``: itself, one of its causes, or the one jsonargparse re-worded."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AnogenInputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    last = ModelArgumentError.last
+    if last is not None and isinstance(error, ValueError) and str(last) in str(error):
+        return last
+    return None
+
+
+def cli_error_hook(previous: ExceptHook) -> ExceptHook:
+    """An ``excepthook`` that prints the plugin's input errors as one line and leaves the others to ``previous``."""
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        found = plugin_input_error(error)
+        if found is None:
+            previous(kind, error, traceback)
+            return
+        sys.stdout.flush()
+        print(f"error: {found}", file=sys.stderr)
+
+    return hook
+
+
+def running_anomalib_cli() -> bool:
+    """Whether this process is the ``anomalib`` command (console script or ``python -m anomalib.cli.cli``)."""
+    if sys.argv and Path(sys.argv[0]).name in CLI_NAMES:
+        return True
+    command = list(getattr(sys, "orig_argv", []))
+    return any(flag == "-m" and module in CLI_MODULES for flag, module in itertools.pairwise(command))
+
+
+def install_cli_error_hook() -> bool:
+    """In the ``anomalib`` command only: print the plugin's input errors as one ``error:`` line (exit code 1).
+
+    Returns whether the hook is installed (it is not in other programs that import ``anomalib.cli``).
+    """
+    if not running_anomalib_cli():
+        return False
+    if not getattr(sys.excepthook, "anogen_cli_error_hook", False):
+        hook = cli_error_hook(sys.excepthook)
+        hook.anogen_cli_error_hook = True  # type: ignore[attr-defined]
+        sys.excepthook = hook
+    return True
