@@ -15,6 +15,7 @@ from PIL import Image
 
 from anomalib_anogen.cli import main as cli_main
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
+from anomalib_anogen.generation.bank_writer import LOCK_NAME
 from anomalib_anogen.generation.boxes import (
     DEFAULT_PRIORS,
     BoxPrior,
@@ -23,6 +24,7 @@ from anomalib_anogen.generation.boxes import (
     load_priors,
     sample_box,
 )
+from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.generate import generate
 from anomalib_anogen.generation.show import TITLE, show
 
@@ -51,9 +53,11 @@ def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def diffusion_bank(tmp_path_factory: pytest.TempPathFactory, embeddings: Path) -> Path:
-    """2 bottle images x 3 defects x 2 records with the tiny backbone at 64 px."""
+    """2 bottle images x 3 defects x 2 records with the tiny backbone at 64 px, composited onto the normal image."""
     output = tmp_path_factory.mktemp("banks") / "diffusion"
-    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(output), max_images=2, **FAST)
+    generate(
+        normal=str(NORMAL), embeddings=str(embeddings), output=str(output), max_images=2, keep_outside=True, **FAST
+    )
     return output
 
 
@@ -98,6 +102,24 @@ def test_outside_the_box_is_the_normal_image_exactly_and_inside_differs(which: s
         assert set(np.unique(mask)) <= {0, 255} and mask.shape == image.shape[:2] == normal.shape[:2]
         assert np.array_equal(image[mask == 0], normal[mask == 0]), record["id"]
         assert not np.array_equal(image[mask > 0], normal[mask > 0]), record["id"]
+
+
+def test_by_default_the_whole_image_is_decoded_as_the_paper(tmp_path: Path, embeddings: Path) -> None:
+    output = tmp_path / "raw"
+    generate(
+        normal=str(NORMAL),
+        embeddings=str(embeddings),
+        output=str(output),
+        max_images=1,
+        defects=["broken_large"],
+        **FAST,
+    )
+    assert json.loads((output / SUMMARY_NAME).read_text())["settings"]["keep_outside"] is False
+    for record in manifest(output):
+        image = pixels(output / "images" / record["defect"] / f"{record['id']}.png").astype(int)
+        mask = pixels(output / "masks" / record["defect"] / f"{record['id']}_mask.png", "L")
+        normal = pixels(source_of(output, record)).astype(int)
+        assert np.abs(image - normal)[mask == 0].mean() > 1  # outside the box: the VAE's decode, not the normal image
 
 
 def test_poisson_paste_keeps_outside_exactly(tmp_path: Path) -> None:
@@ -178,7 +200,11 @@ def test_shipped_priors_are_the_papers_with_booleans() -> None:
     reference = SHARED / "anogen_reference" / "mvtec_box_ranges.json"
     if reference.is_file():
         original = json.loads(reference.read_text())
-        assert {c: {d: [v[0], v[1], v[2] == "True"] for d, v in t.items()} for c, t in original.items()} == shipped
+        papers = {c: {d: [v[0], v[1], v[2] == "True"] for d, v in t.items()} for c, t in original.items()}
+        assert papers == {c: t for c, t in shipped.items() if c != "screw"}
+    # screw is not in the authors' json: their generation script draws its boxes unrotated at 0.05-0.1 of the side
+    screw = ("manipulated_front", "scratch_head", "scratch_neck", "thread_side", "thread_top")
+    assert shipped["screw"] == {d: [[0.05, 0.1], [0.05, 0.1], False] for d in screw}
     assert shipped["bottle"]["broken_small"][2] is False and shipped["bottle"]["broken_large"][2] is True
 
 
@@ -188,7 +214,7 @@ def test_shipped_priors_are_the_papers_with_booleans() -> None:
 
 def test_same_seed_same_bank_other_seed_other_bank(tmp_path: Path, embeddings: Path, diffusion_bank: Path) -> None:
     again = tmp_path / "again"
-    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(again), max_images=2, **FAST)
+    generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(again), max_images=2, keep_outside=True, **FAST)
     assert all_files(again) == all_files(diffusion_bank)
     other = tmp_path / "other"
     generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(other), max_images=2, seed=1, **FAST)
@@ -198,7 +224,7 @@ def test_same_seed_same_bank_other_seed_other_bank(tmp_path: Path, embeddings: P
     )
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_bank(tmp_path: Path, embeddings: Path) -> None:
+def test_kill_9_then_resume_gives_the_uninterrupted_bank(tmp_path: Path, embeddings: Path, caplog) -> None:
     options = {"max_images": 4, "steps": 12, "per_image": 2, "batch_size": 2}
     whole = tmp_path / "whole"
     generate(normal=str(NORMAL), embeddings=str(embeddings), output=str(whole), progress=False, **options)
@@ -221,8 +247,10 @@ def test_kill_9_then_resume_gives_the_uninterrupted_bank(tmp_path: Path, embeddi
     written = len((killed / MANIFEST_NAME).read_bytes().splitlines())
     assert 5 <= written < 24
     assert not json.loads((killed / SUMMARY_NAME).read_text())["complete"]
+    assert json.loads((killed / LOCK_NAME).read_text())["pid"] == process.pid  # the killed run's lock stays behind
     assert cli_main(["generate", *command[2:], "--resume", "true"]) == 0
-    assert all_files(killed) == all_files(whole)
+    assert f"taking over the lock left by pid {process.pid}" in caplog.text
+    assert all_files(killed) == all_files(whole)  # and the lock file is gone
     assert len(load_bank(killed)) == 24
 
 
@@ -352,6 +380,37 @@ def test_mixed_sizes_are_resized_and_recorded(tmp_path: Path, caplog) -> None:
     assert str((folder / "a.png").resolve()) in records and "normal/b.png" in records
     assert pixels(output / "normal" / "b.png").shape == (256, 256, 3)
     assert len(load_bank(output)) == 12
+
+
+def test_steps_and_resolution_beyond_the_backbone_are_refused(tmp_path: Path, embeddings: Path, capsys) -> None:
+    output = tmp_path / "new" / "bank"
+    base = ["generate", "--normal", str(NORMAL), "--embeddings", str(embeddings), "--output", str(output)]
+    base += ["--max_images", "1", "--progress", "false"]
+    line = run_bad([*base, "--steps", "5000"], capsys)
+    assert "--steps must be an integer in [1, 1000] (the training timesteps of backbone tiny; got 5000)" in line
+    line = run_bad([*base, "--resolution", "60"], capsys)
+    assert "--resolution must be a multiple of 8, the VAE factor of backbone tiny (got 60)" in line
+    assert not (tmp_path / "new").exists()  # the lock's folder is taken away again
+
+
+def test_worker_ranks_neither_lock_nor_judge_the_bank(monkeypatch: pytest.MonkeyPatch, paste_bank: Path) -> None:
+    """Rank > 0 processes of a multi-GPU run start generate again while rank 0 holds the lock.
+
+    By then rank 0 has written bank.json: the workers go on to their chunks instead of refusing the bank or the lock.
+    """
+    import anomalib_anogen.generation.generate as module
+    from anomalib_anogen.generation.bank_writer import BankLock
+
+    reached = []
+    monkeypatch.setattr(module, "_run", lambda *args: reached.append(args[6]))  # the mode handed to the run
+    options = {"backend": "paste", "support": str(SUPPORT_BOTTLE), "output": str(paste_bank), "max_images": 3, **FAST}
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with BankLock(paste_bank):  # rank 0's
+        generate(normal=str(NORMAL), **options)
+    assert reached == ["worker"] and not (paste_bank / LOCK_NAME).exists()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(AnogenInputError, match="already holds a complete bank"):
+        generate(normal=str(NORMAL), **options)
 
 
 def test_output_with_another_bank_is_refused_unless_overwrite(tmp_path: Path, capsys) -> None:

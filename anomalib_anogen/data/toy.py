@@ -70,3 +70,76 @@ def make_toy_category(
             _save(image, folder / "test" / defect / f"{index:03d}.png")
             _save(mask.astype(np.float32) * 255, folder / "ground_truth" / defect / f"{index:03d}_mask.png")
     return folder
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A product of one's own, in anomalib's Folder layout (docs/your-own-product.md)
+
+# The product's defect types and the toy defect each is drawn as (no MVTec AD names anywhere).
+PRODUCT_DEFECTS = {"dent": "blob", "streak": "scratch", "speck": "spot"}
+ROI_RADIUS = 0.44  # the region of interest: a disc of this radius (of the side) around the centre
+
+
+def _anomaly(rng: np.random.Generator, size: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    colours = {"blob": np.array([20, 15, 10]), "scratch": np.array([230, 230, 230]), "spot": np.array([255, 60, 40])}
+    image = _normal_image(rng, size)
+    mask = _defect_mask(rng, size, kind)
+    image[mask] = 0.25 * image[mask] + 0.75 * colours[kind]
+    return image, mask
+
+
+def make_toy_product(
+    root: Path | str,
+    size: int = 128,
+    n_normal: int = 40,
+    n_test_normal: int = 6,
+    n_test_per_defect: int = 4,
+    shots: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a toy product in anomalib's ``Folder`` layout, with a support set and a region of interest.
+
+    ``root/normal`` (training images), ``root/test_normal``, ``root/anomalous/<defect>/<name>.png`` with
+    ``root/masks/<defect>/<name>_mask.png``, ``root/support/<defect>/<name>.png`` + ``<name>_mask.png`` (``shots``
+    real anomalies per defect type, not among the test images) and ``root/roi.png`` (where the part is).
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root)
+    for index in range(n_normal):
+        _save(_normal_image(rng, size), folder / "normal" / f"{index:03d}.png")
+    for index in range(n_test_normal):
+        _save(_normal_image(rng, size), folder / "test_normal" / f"{index:03d}.png")
+    for defect, kind in PRODUCT_DEFECTS.items():
+        for index in range(n_test_per_defect):
+            image, mask = _anomaly(rng, size, kind)
+            _save(image, folder / "anomalous" / defect / f"{index:03d}.png")
+            _save(mask.astype(np.float32) * 255, folder / "masks" / defect / f"{index:03d}_mask.png")
+        for index in range(shots):
+            image, mask = _anomaly(rng, size, kind)
+            _save(image, folder / "support" / defect / f"s{index:02d}.png")
+            _save(mask.astype(np.float32) * 255, folder / "support" / defect / f"s{index:02d}_mask.png")
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    roi = np.hypot(yy - size / 2, xx - size / 2) < ROI_RADIUS * size
+    _save(roi.astype(np.float32) * 255, folder / "roi.png")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m anomalib_anogen.data.toy --output DIR``: write the toy product of docs/your-own-product.md."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m anomalib_anogen.data.toy", description=make_toy_product.__doc__)
+    parser.add_argument("--output", required=True, help="folder to write (e.g. datasets/widget)")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--normal", type=int, default=40, help="normal training images")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if Path(args.output).exists() and any(Path(args.output).iterdir()):
+        parser.error(f"{args.output}: exists and is not empty")
+    folder = make_toy_product(args.output, size=args.size, n_normal=args.normal, seed=args.seed)
+    print(f"{folder}: toy product ({', '.join(PRODUCT_DEFECTS)}), {args.size} px")
+    return folder
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,9 @@
   settings is refused unless ``--overwrite``, and ``--resume`` requires the same settings.
 * When the run ends the manifest is rewritten in work order and ``bank.json`` gets the summary, so a bank
   is byte-identical however it was interrupted or split over devices. Nothing time-dependent is recorded.
+* One writer per bank: :class:`BankLock` holds an exclusive lock on ``bank.lock`` (which names its process)
+  for the whole run; a second run on the same bank is refused, and a lock left by a killed run is taken over.
+  The lock file is not part of the bank and is gone when the run ends.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import io
 import json
 import logging
 import os
+import shlex
 import shutil
+import socket
+import sys
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ BANK_FORMAT = "anogen-bank/1"
 NORMAL_DIR = "normal"  # resized copies of normal images that are not at the output size
 BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, SUMMARY_NAME)  # deletion order for --overwrite
 TEMPORARY_MARK = ".tmp-"
+LOCK_NAME = "bank.lock"  # held by the run that writes the bank; never part of it
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -69,8 +77,9 @@ def settings_sha256(settings: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(settings, sort_keys=True).encode())
 
 
-def _read_summary(output: Path) -> dict[str, Any] | None:
-    file = output / SUMMARY_NAME
+def read_summary(bank: Path) -> dict[str, Any] | None:
+    """``bank.json`` as a dict: ``None`` when there is none, ``{}`` when it is unreadable or not an object."""
+    file = bank / SUMMARY_NAME
     if not file.is_file():
         return None
     try:
@@ -84,19 +93,29 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
-def check_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
-    """Decide, before any work and without writing, what happens to ``output``: ``new``, ``resume`` or ``overwrite``."""
+def _entries(output: Path) -> list[Path]:
+    """What is in the folder, less a lock file (a killed run's, or this run's own)."""
+    return [path for path in output.iterdir() if path.name != LOCK_NAME]
+
+
+def check_target(output: Path, resume: bool, overwrite: bool) -> None:
+    """The checks that need no settings: run before the lock file is put into ``output``."""
     if resume and overwrite:
         raise AnogenInputError("--resume and --overwrite exclude each other")
     if output.exists() and not output.is_dir():
         raise AnogenInputError(f"{output}: --output exists and is not a folder")
-    if not output.exists() or not any(output.iterdir()):
+    if output.is_dir() and _entries(output) and read_summary(output) is None and not (output / MANIFEST_NAME).exists():
+        raise AnogenInputError(f"{output}: exists, is not empty and is not an anogen bank; choose another --output")
+
+
+def check_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
+    """Decide, before any work and without writing, what happens to ``output``: ``new``, ``resume`` or ``overwrite``."""
+    check_target(output, resume, overwrite)
+    if not output.exists() or not _entries(output):
         if resume:
             logger.info("%s: nothing to resume, starting a new bank", output)
         return "new"
-    summary = _read_summary(output)
-    if summary is None and not (output / MANIFEST_NAME).exists():
-        raise AnogenInputError(f"{output}: exists, is not empty and is not an anogen bank; choose another --output")
+    summary = read_summary(output)
     old = (summary or {}).get("settings")
     if not isinstance(old, dict):
         if overwrite:
@@ -117,6 +136,156 @@ def check_output(output: Path, settings: dict[str, Any], resume: bool, overwrite
             "or --overwrite to replace it"
         )
     return "resume"
+
+
+def make_folder(folder: Path, what: str) -> list[Path]:
+    """Create ``folder`` (and its parents) or say why it cannot be; returns the folders created, deepest first.
+
+    ``what`` names the option (``--output``) in the message. The list is what :func:`remove_created` takes away
+    again when the run fails before writing anything.
+    """
+    created = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        created.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        remove_created(created)
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise AnogenInputError(f"{folder}: cannot create the {what} folder: {blocker} is a file") from error
+        raise AnogenInputError(
+            f"{folder}: cannot create the {what} folder ({error.strerror or error}); choose a writable place"
+        ) from error
+    return created
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders that :func:`make_folder` created, deepest first, as long as they are empty."""
+    for path in created:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (the run wrote something, or another run uses it): keep it and its parents
+
+
+class BankLock:
+    """One writer per bank: an exclusive ``flock`` on ``<bank>/bank.lock``, which names the process holding it.
+
+    Taken before any work (creating the folder: a folder that cannot be written fails here, naming it) and
+    released however the run ends (error, Ctrl-C). The kernel drops the ``flock`` of a process that dies, even
+    by ``kill -9``, so the lock file such a run leaves behind is free and is taken over with a warning; a lock
+    that a live process holds makes a second run fail, naming that process and the lock file. The lock file
+    is removed at the end and is never part of the bank (nor of its settings or resume identity).
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.path = output / LOCK_NAME
+        self._descriptor: int | None = None
+        self._created: list[Path] = []
+
+    def __enter__(self) -> BankLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock (or raise :class:`AnogenInputError` naming the folder, or the process holding it)."""
+        self._created = make_folder(self.output, "--output")
+        try:
+            self._descriptor = self._lock()
+        except OSError as error:
+            remove_created(self._created)
+            raise AnogenInputError(
+                f"{self.output}: cannot write the --output folder ({error.strerror or error}: {self.path}); "
+                "choose a writable folder"
+            ) from error
+        except BaseException:
+            remove_created(self._created)
+            raise
+        previous = _holder(self._descriptor)
+        if previous:
+            logger.warning(
+                "%s: taking over the lock left by %s, which no longer holds it (a killed or crashed run)",
+                self.path,
+                _describe_holder(previous),
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": shlex.join(sys.argv),
+        }
+        try:
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, (json.dumps(record) + "\n").encode(), 0)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> int:
+        import fcntl
+
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(descriptor)
+                os.close(descriptor)
+                raise AnogenInputError(
+                    f"{self.output}: another anogen generate is writing this bank ({_describe_holder(holder)}; "
+                    f"lock file {self.path}); wait for it to end, or stop it and run again"
+                ) from None
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if _same_file(self.path, descriptor):
+                return descriptor
+            os.close(descriptor)  # its holder removed the file between our open and our lock: open the new one
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock; remove the folders it created if the run wrote nothing."""
+        if self._descriptor is None:
+            return
+        try:
+            if _same_file(self.path, self._descriptor):
+                self.path.unlink()
+        finally:
+            os.close(self._descriptor)
+            self._descriptor = None
+            remove_created(self._created)
+
+
+def _same_file(path: Path, descriptor: int) -> bool:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _holder(descriptor: int) -> dict[str, Any]:
+    """What a lock file says about its holder (``{}`` when empty or unreadable)."""
+    try:
+        data = json.loads(os.pread(descriptor, 1 << 16, 0).decode("utf-8", errors="replace") or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe_holder(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "a process that has not yet written its pid"
+    command = " ".join(str(holder.get("command", "?")).split())  # one line, whatever the arguments held
+    pid, host, started = (holder.get(key, "?") for key in ("pid", "host", "started"))
+    return f"pid {pid} on host {host}, started {started}: {command}"
 
 
 class BankWriter:

@@ -71,6 +71,7 @@ class PlacedBox:
     foreground: float
     tries: int
     fallback: bool
+    placement: float | None = None  # share of the box on the placement region (--placement), when there is one
 
 
 def derived_seed(*parts: object) -> int:
@@ -148,6 +149,40 @@ def load_priors(
     if not priors:
         raise AnogenInputError(f"{file}: no defect priors for category {name!r}")
     return priors, name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Priors derived from the support masks (--priors auto)
+
+AUTO_MARGIN = 0.25  # the measured size range is widened to [min / (1 + margin), max * (1 + margin)]
+AUTO_MIN_COMPONENT = 0.0005  # connected components below this share of the image's pixels are speckle, ignored
+AUTO_MIN_SIDE = 0.02  # no derived box side below 2% of the image side
+
+
+def derive_prior(masks: list[np.ndarray], margin: float, rotate: bool, where: str) -> BoxPrior:
+    """A box prior from a defect type's support masks (bool H x W, each at its image's size).
+
+    Every connected component (8-connected) of every mask gives a bounding-box width and height as fractions of
+    its image's width and height; the prior spans ``[min / (1 + margin), max * (1 + margin)]`` of those, at
+    least :data:`AUTO_MIN_SIDE` and at most 1.
+    """
+    widths, heights = [], []
+    for mask in masks:
+        rows, cols = mask.shape
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        for index in range(1, count):
+            _, _, width, height, area = (int(v) for v in stats[index])
+            if area >= AUTO_MIN_COMPONENT * rows * cols:
+                widths.append(width / cols)
+                heights.append(height / rows)
+    if not widths:
+        raise AnogenInputError(f"{where}: the support masks mark no defect pixels; cannot derive a box prior")
+
+    def span(values: list[float]) -> tuple[float, float]:
+        low = min(1.0, max(AUTO_MIN_SIDE, round(min(values) / (1 + margin), 4)))
+        return low, max(low, min(1.0, round(max(values) * (1 + margin), 4)))
+
+    return BoxPrior(span(widths), span(heights), rotate)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,15 +6,19 @@ composition never depends on what was already done: a resumed run, a single devi
 (Lightning Fabric, ``chunks[rank::world_size]``) all compute each record in the same batch and write the same
 bytes. Every record's box and noise come from seeds derived from (``seed``, its id), never from a shared RNG.
 
-Everything is checked before anything is written; see docs/generate.md.
+The options are checked before anything is written; then the bank's lock is taken (one writer per bank, see
+:class:`~anomalib_anogen.generation.bank_writer.BankLock`) and the inputs are checked before the bank is touched;
+see docs/generate.md.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,9 @@ import numpy as np
 from PIL import Image
 
 from anomalib_anogen.generation.boxes import (
+    AUTO_MARGIN,
+    AUTO_MIN_COMPONENT,
+    DEFAULT_PRIORS,
     MAX_TRIES,
     MIN_FOREGROUND,
     MVTEC_TEXTURES,
@@ -29,13 +36,16 @@ from anomalib_anogen.generation.boxes import (
     PlacedBox,
     box_mask,
     composite,
+    derive_prior,
     derived_seed,
     feather_alpha,
     foreground_mask,
     load_priors,
     sample_box,
 )
+from anomalib_anogen.generation.checks import SEED_MAX, check_number
 from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.placement import Placement, load_placement
 from anomalib_anogen.generation.support import IMAGE_SUFFIXES, _is_ignored, load_rgb, sha256_file
 from anomalib_anogen.generation.threads import torch_threads
 
@@ -44,6 +54,9 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("diffusion", "paste")
 FOREGROUNDS = ("auto", "otsu", "all")
 PRECISIONS = ("auto", "32", "bf16", "fp16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
+TRIES_LIMIT = 10_000  # each try rasterises a box: more would stall a run on an object too small for its priors
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,107 @@ def _match_defects(
     return sorted(priors)
 
 
+@dataclass
+class Priors:
+    """The box priors of a run, what they are called in messages and, for derived ones, how they were derived."""
+
+    table: dict[str, BoxPrior]
+    category: str | None
+    name: str
+    derived: dict[str, Any] | None = None  # recorded in bank.json as settings["priors_auto"]
+
+
+def _shipped_category(category: str | None, normal: Path) -> str | None:
+    """The category of the shipped MVTec priors for this run, or ``None`` when they have none for it."""
+    import json
+
+    table = json.loads(DEFAULT_PRIORS.read_text())
+    if category is None:
+        category = next((part for part in reversed(normal.parts) if part in table), None)
+    return category if category in table else None
+
+
+def _support_masks(sources: DefectSources, support: str | None, backend: str) -> tuple[dict[str, list[Any]], Path]:
+    """Each defect's support pairs (decoded): the paste backend's own, or (diffusion) those of ``--support``."""
+    from anomalib_anogen.generation.support import discover_support, load_support
+
+    if backend == "paste":
+        pairs = {name: [c.source for c in cutouts] for name, cutouts in sources.cutouts.items()}
+        return pairs, Path(str(support)).expanduser()
+    if support is None:
+        raise AnogenInputError(
+            "--priors auto derives the box sizes from the support masks: pass --support (the folder given to "
+            "`anogen learn`), or a --priors file"
+        )
+    found = discover_support(support)
+    learned = [name for name in found.defects if name in sources.names]  # support folders without an embedding
+    found.pairs = {name: found.pairs[name] for name in learned}  # are not generated: no prior needed for them
+    return load_support(found), found.root
+
+
+def _priors(
+    priors: str | None,
+    category: str | None,
+    normal: Path,
+    sources: DefectSources,
+    support: str | None,
+    backend: str,
+    margin: float,
+    rotate: bool,
+) -> Priors:
+    """The shipped MVTec priors, a user's file, or priors derived from the support masks (``--priors auto``).
+
+    Without ``--priors``, a category that the shipped table does not have (or none found in the ``--normal``
+    path) falls back to ``auto``, with a log line; an explicit file always wins.
+    """
+    auto = priors == "auto"
+    if priors is None:
+        shipped = _shipped_category(category, normal)
+        if shipped is None:
+            what = f"category {category!r}" if category else f"{normal} (no MVTec category in the path)"
+            if backend == "diffusion" and support is None:
+                raise AnogenInputError(
+                    f"the shipped MVTec box priors have none for {what}: pass --priors FILE, or --priors auto with "
+                    "--support (the support set, whose masks give the box sizes)"
+                )
+            logger.info(
+                "the shipped MVTec box priors have none for %s: deriving them from the support masks (--priors auto)",
+                what,
+            )
+            auto = True
+        else:
+            category = shipped
+    if not auto and (margin != AUTO_MARGIN or not rotate):
+        raise AnogenInputError(
+            "--priors_margin and --priors_rotate apply to priors derived from the support masks (--priors auto) only"
+        )
+    if not auto:
+        table, found = load_priors(priors, category, normal)
+        name = str(Path(priors).expanduser()) if priors else "the MVTec priors (configs/anogen/mvtec_box_ranges.json)"
+        return Priors(table, found, name)
+    pairs, root = _support_masks(sources, support, backend)
+    table = {
+        defect: derive_prior([p.mask for p in loaded], margin, rotate, f"{root / defect}")
+        for defect, loaded in sorted(pairs.items())
+    }
+    for defect, prior in table.items():
+        logger.info(
+            "--priors auto: %s: width %.3f-%.3f, height %.3f-%.3f of the image side, rotate %s (from %d support masks)",
+            defect,
+            *prior.width,
+            *prior.height,
+            str(prior.rotate).lower(),
+            len(pairs[defect]),
+        )
+    derived = {
+        "margin": margin,
+        "rotate": rotate,
+        "min_component": AUTO_MIN_COMPONENT,
+        "masks": {d: [sha256_file(p.pair.mask) for p in loaded] for d, loaded in sorted(pairs.items())},
+    }
+    return Priors(table, category, f"the priors derived from the support masks in {root}", derived)
+
+
 def _load_model(spec: str | None, revision: str | None, sources: DefectSources) -> Any:
     """The backbone the embeddings were learned on (recorded in their metadata), checked by weight hash."""
     from anomalib_anogen.generation.backbones import load_backbone
@@ -194,7 +308,16 @@ def _tokens(sources: DefectSources) -> dict[str, str]:
     return {name: token if counts[token] == 1 else f"<anogen-{name}>" for name, token in tokens.items()}
 
 
-def _check_options(backend: str, blend: str, foreground: str, precision: str, **numbers: float) -> None:
+def _check_options(
+    backend: str,
+    blend: str,
+    foreground: str,
+    precision: str,
+    accelerator: str,
+    devices: int | str,
+    numbers: dict[str, Any],
+) -> None:
+    """Choices and numeric ranges, before any work and before any output exists (see docs/generate.md)."""
     if backend not in BACKENDS:
         raise AnogenInputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
     from anomalib_anogen.generation.paste import BLENDS
@@ -205,11 +328,40 @@ def _check_options(backend: str, blend: str, foreground: str, precision: str, **
         raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUNDS)} (got {foreground!r})")
     if precision not in PRECISIONS:
         raise AnogenInputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    for name in ("per_image", "samples_per_box", "steps", "batch_size", "max_tries"):
-        if numbers[name] < 1:
-            raise AnogenInputError(f"--{name} must be at least 1 (got {numbers[name]})")
-    if not 0.0 <= numbers["min_foreground"] <= 1.0:
-        raise AnogenInputError(f"--min_foreground must lie in [0, 1] (got {numbers['min_foreground']})")
+    if accelerator not in ACCELERATORS:
+        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+    if devices != "auto":
+        check_number("devices", devices, 1, integer=True, note="or auto for every GPU")
+    check_number("per_image", numbers["per_image"], 1, integer=True)
+    # more samples per box than --per_image is allowed: every record of an image and defect then shares one box
+    check_number("samples_per_box", numbers["samples_per_box"], 1, integer=True)
+    check_number("steps", numbers["steps"], 1, integer=True)  # the backbone's maximum is checked once it is loaded
+    check_number("guidance", numbers["guidance"], 1, note="1 turns guidance off, the paper uses 10")
+    if numbers["feather"] is not None:
+        check_number("feather", numbers["feather"], 0, note="pixels inside the box edge, 0 for a hard edge")
+    if numbers["resolution"] is not None:
+        check_number("resolution", numbers["resolution"], MIN_RESOLUTION, MAX_RESOLUTION, integer=True)
+    check_number("min_foreground", numbers["min_foreground"], 0, 1, note="a share of the box")
+    check_number("max_tries", numbers["max_tries"], 1, TRIES_LIMIT, integer=True)
+    check_number("seed", numbers["seed"], 0, SEED_MAX, integer=True)
+    if numbers["max_images"] is not None:
+        check_number("max_images", numbers["max_images"], 1, integer=True, note="or leave it out for every image")
+    check_number("batch_size", numbers["batch_size"], 1, integer=True)
+    check_number("priors_margin", numbers["priors_margin"], 0, 10, note="a share added to the measured box sizes")
+    if numbers["threads"] is not None:
+        cpus = os.cpu_count() or 1
+        check_number("threads", numbers["threads"], 1, cpus, integer=True, note="this machine's CPUs")
+
+
+def _check_for_model(model: Any, steps: int, resolution: int) -> None:
+    """The ranges that depend on the backbone: DDIM steps and the VAE's downsampling factor."""
+    limit = int(model.noise_scheduler.config.num_train_timesteps)
+    check_number("steps", steps, 1, limit, integer=True, note=f"the training timesteps of backbone {model.spec}")
+    factor = model.vae_scale_factor
+    if resolution % factor:
+        raise AnogenInputError(
+            f"--resolution must be a multiple of {factor}, the VAE factor of backbone {model.spec} (got {resolution})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,9 +387,10 @@ def chunks_of(items: list[WorkItem], size: int) -> list[list[WorkItem]]:
 class SourceCache:
     """Normal images at the output size, their foreground and (diffusion) latent, kept while they are in use."""
 
-    def __init__(self, resolution: int, foreground: str) -> None:
+    def __init__(self, resolution: int, foreground: str, placement: Placement | None = None) -> None:
         self.resolution = resolution
         self.foreground = foreground
+        self.placement = placement
         self.pixels: dict[int, np.ndarray] = {}
         self.masks: dict[int, np.ndarray] = {}
         self.latents: dict[int, Any] = {}
@@ -262,6 +415,13 @@ class SourceCache:
                 self.masks[source.index] = foreground_mask(image)
         return self.masks[source.index]
 
+    def region(self, source: NormalImage, defect: str) -> np.ndarray:
+        """Where a box of ``defect`` must lie: the foreground, or (--placement) the template and the foreground."""
+        if self.placement is None:
+            return self.object_mask(source)
+        template = self.placement.region(defect, self.resolution)
+        return template & self.object_mask(source) if self.placement.foreground else template
+
     def forget_before(self, index: int) -> None:
         """Drop images the (image-major) work list has left behind."""
         for table in (self.pixels, self.masks, self.latents):
@@ -285,12 +445,16 @@ def generate(
     support: str | None = None,
     priors: str | None = None,
     category: str | None = None,
+    priors_margin: float = AUTO_MARGIN,
+    priors_rotate: bool = True,
+    placement: str | None = None,
+    placement_foreground: bool = True,
     defects: list[str] | None = None,
     per_image: int = 4,
     samples_per_box: int = 2,
     steps: int = 50,
     guidance: float = 10.0,
-    keep_outside: bool = True,
+    keep_outside: bool = False,
     feather: float | None = None,
     blend: str = "feather",
     resolution: int | None = None,
@@ -313,129 +477,169 @@ def generate(
     Args:
         normal: Folder of normal images (e.g. ../shared/data/MVTecAD/bottle/train/good); images of another size
             than --resolution are resized (bicubic), with a warning.
-        output: Bank folder: images/<defect>/<id>.png, masks/<defect>/<id>_mask.png, manifest.jsonl, bank.json.
+        output: Bank folder: images/<defect>/<id>.png, masks/<defect>/<id>_mask.png, manifest.jsonl, bank.json;
+            bank.lock while a run writes it (a second run on the same bank is refused).
         embeddings: Folder of learned embeddings (<defect>/learned_embeds.safetensors, from `anogen learn`).
         backbone: The backbone the embeddings were learned on (default: the one their metadata names).
         revision: Hub revision when --backbone is a hub id.
         backend: diffusion (the paper: blended latent diffusion with the learned tokens) | paste (real support
             anomalies cut by their masks and blended in; no model weights).
         support: Support folder for --backend paste (the layout of `anogen learn`).
-        priors: Box-prior json, {category: {defect: [[w_min, w_max], [h_min, h_max], rotate]}} or {defect: ...}
-            (default: the paper's MVTec priors, configs/anogen/mvtec_box_ranges.json).
+        priors: Box-prior json, {category: {defect: [[w_min, w_max], [h_min, h_max], rotate]}} or {defect: ...};
+            or auto: derived from the support masks (needs --support, also for the diffusion backend). Default:
+            the paper's MVTec priors (configs/anogen/mvtec_box_ranges.json), or auto for a category they lack.
         category: Category of the priors file (default: the part of the --normal path that the file names).
+        priors_margin: --priors auto: the measured box sizes widened to [min / (1 + m), max * (1 + m)], >= 0.
+        priors_rotate: --priors auto: boxes may be rotated (false: axis-aligned).
+        placement: Where each defect type may go: a folder of <defect>/mask.png (or <category>/<defect>/mask.png,
+            the AnoGen authors' templates) or one mask image for every defect (a region of interest); white
+            marks the allowed area, any size (resized with nearest neighbour).
+        placement_foreground: With --placement, also require the image's foreground (false: the template only).
         defects: Only these defect types (default: every one, which must match the priors exactly).
         per_image: Anomalies per normal image and defect type (paper: 4 = 2 boxes x 2 samples).
         samples_per_box: Samples drawn in each box (per_image / samples_per_box boxes per image and defect).
-        steps: DDIM steps (eta 0; paper: 50).
-        guidance: Classifier-free guidance scale (paper: 10; 1 turns it off).
-        keep_outside: Keep the normal image's pixels exactly outside the (inwards feathered) box; false gives the
-            raw decode, as the paper.
-        feather: Feather width in pixels inside the box edge (default: resolution / 64, at least 1).
+        steps: DDIM steps (eta 0; paper: 50), 1 to the backbone's training timesteps (usually 1000).
+        guidance: Classifier-free guidance scale, at least 1 (paper: 10; 1 turns it off).
+        keep_outside: Composite the decoded image onto the normal one, so that outside the (inwards feathered)
+            box its pixels stay exact; default false: the paper's raw decode, where every pixel has passed through
+            the VAE (otherwise VAE texture inside the box only is a shortcut a detector can learn).
+        feather: Feather width in pixels inside the box edge, >= 0 (default: resolution / 64, at least 1).
         blend: paste backend: feather | poisson (cv2.seamlessClone).
-        resolution: Output side in pixels (default: the backbone's native one; paste: the first image's width).
+        resolution: Output side in pixels, 8 to 4096 (default: the backbone's native one; paste: the first image's
+            width); diffusion: a multiple of the VAE factor.
         foreground: auto (all foreground for MVTec textures, else otsu) | otsu | all.
-        min_foreground: Share of a box that must lie on the foreground (paper: 0.75).
-        max_tries: Boxes drawn before the best one seen is used (logged and recorded as box_fallback).
-        seed: Seed of every box, noise and jitter (each record's derives from it and its id).
-        max_images: Only the first N normal images (by name).
+        min_foreground: Share of a box that must lie on the foreground, 0 to 1 (paper: 0.75).
+        max_tries: Boxes drawn (1 to 10000) before the best one seen is used (logged, recorded as box_fallback).
+        seed: Seed of every box, noise and jitter, 0 to 2**32 - 1 (each record's derives from it and its id).
+        max_images: Only the first N >= 1 normal images (by name).
         batch_size: Records per UNet call (the same --batch_size is needed for a byte-identical --resume).
         precision: auto (bf16, else fp16 on GPU; fp32 on CPU) | 32 | bf16 | fp16.
-        accelerator: auto | cpu | gpu.
-        devices: GPUs to split the work list over (auto: all).
+        accelerator: auto | cpu | gpu | cuda.
+        devices: GPUs to split the work list over, >= 1 (auto: all).
         resume: Continue an interrupted bank with the same settings.
         overwrite: Replace a bank in --output (refused otherwise).
         progress: Show a progress bar with images/s and ETA.
-        threads: CPU threads for torch (default: 1 for the tiny backbones and paste, else torch's default).
+        threads: CPU threads for torch, 1 to the machine's CPUs (default: 1 for the tiny backbones and paste, else
+            torch's default).
     """
-    from anomalib_anogen.generation.bank_writer import check_output
+    from anomalib_anogen.generation.bank_writer import BankLock, check_output, check_target
 
-    _check_options(
-        backend,
-        blend,
-        foreground,
-        precision,
-        per_image=per_image,
-        samples_per_box=samples_per_box,
-        steps=steps,
-        batch_size=batch_size,
-        max_tries=max_tries,
-        min_foreground=min_foreground,
-    )
-    normals = list_normals(normal, max_images)
-    normal_root = Path(normal).expanduser().resolve()
-    sources = _discover_embeddings(embeddings) if backend == "diffusion" else _discover_cutouts(support)
-    priors_table, category = load_priors(priors, category, normal_root)
-    priors_name = (
-        str(Path(priors).expanduser()) if priors else "the MVTec priors (configs/anogen/mvtec_box_ranges.json)"
-    )
-    names = _match_defects(sources, priors_table, priors_name, defects)
-    sources.names = names
-    model = _load_model(backbone, revision, sources) if backend == "diffusion" else None
-    if resolution is None:
-        resolution = model.resolution if model is not None else normals[0].size[0]
-    if resolution < 8 or (model is not None and resolution % model.vae_scale_factor):
-        raise AnogenInputError(f"--resolution {resolution}: must be at least 8 and a multiple of the VAE factor")
-    resized = [n for n in normals if n.size != (resolution, resolution)]
-    if resized:
-        sizes = sorted({f"{n.size[0]}x{n.size[1]}" for n in resized})
-        logger.warning(
-            "%d of %d normal images (%s) are resized to %dx%d; the bank records the resized copies in normal/",
-            len(resized),
-            len(normals),
-            ", ".join(sizes[:4]),
-            resolution,
-            resolution,
-        )
-    foreground_rule = foreground if foreground != "auto" else ("all" if category in MVTEC_TEXTURES else "otsu")
-    feather_px = float(feather) if feather is not None else max(1.0, resolution / 64)
-    settings: dict[str, Any] = {
-        "backend": backend,
-        "normal": str(normal_root),
-        "sources": len(normals),
-        "sources_sha256": [n.sha256 for n in normals],
-        "defects": names,
-        "priors": {name: priors_table[name].describe() for name in names},
-        "foreground": foreground_rule,
-        "min_foreground": min_foreground,
-        "max_tries": max_tries,
+    numbers = {
         "per_image": per_image,
         "samples_per_box": samples_per_box,
+        "steps": steps,
+        "guidance": guidance,
+        "feather": feather,
         "resolution": resolution,
+        "min_foreground": min_foreground,
+        "max_tries": max_tries,
         "seed": seed,
-        "keep_outside": keep_outside,
-        "feather": feather_px,
+        "max_images": max_images,
+        "batch_size": batch_size,
+        "threads": threads,
+        "priors_margin": priors_margin,
     }
-    if model is not None:
-        import torch
-
-        from anomalib_anogen.generation.sampling import resolve_precision
-        from anomalib_anogen.generation.support import sha256_file as file_sha
-
-        settings.update(
-            backbone=model.spec,
-            backbone_sha256=model.fingerprint(),
-            embeddings={name: file_sha(sources.embeddings[name].path) for name in names},
-            steps=steps,
-            guidance=guidance,
-            eta=0.0,
-            batch_size=batch_size,
-            precision=resolve_precision(precision, torch.device("cuda" if _wants_cuda(accelerator) else "cpu")),
-        )
-    else:
-        settings.update(
-            support={
-                name: [
-                    [sha256_file(c.source.pair.image), sha256_file(c.source.pair.mask)] for c in sources.cutouts[name]
-                ]
-                for name in names
-            },
-            blend=blend,
-        )
+    if placement is None and not placement_foreground:
+        raise AnogenInputError("--placement_foreground false applies only with --placement")
+    _check_options(backend, blend, foreground, precision, accelerator, devices, numbers)
     output_path = Path(output).expanduser()
-    mode = check_output(output_path, settings, resume, overwrite)
-    items = work_list(normals, names, per_image, samples_per_box)
-    with torch_threads(_cpu_threads(threads, backend, model)):
-        return _run(model, sources, items, priors_table, settings, output_path, mode, accelerator, devices, progress)
+    first = _is_first_process()
+    if first:  # refuse a file or a stranger's folder before the lock file goes there
+        check_target(output_path, resume, overwrite)
+    # One writer per bank: the lock is taken before any work and released however the run ends (see BankLock).
+    with BankLock(output_path) if first else nullcontext():
+        normals = list_normals(normal, max_images)
+        normal_root = Path(normal).expanduser().resolve()
+        sources = _discover_embeddings(embeddings) if backend == "diffusion" else _discover_cutouts(support)
+        chosen = _priors(priors, category, normal_root, sources, support, backend, priors_margin, priors_rotate)
+        priors_table, category = chosen.table, chosen.category
+        names = _match_defects(sources, priors_table, chosen.name, defects)
+        regions = load_placement(placement, names, sources.names, category, placement_foreground) if placement else None
+        sources.names = names
+        model = _load_model(backbone, revision, sources) if backend == "diffusion" else None
+        if resolution is None:
+            resolution = model.resolution if model is not None else normals[0].size[0]
+        check_number("resolution", resolution, MIN_RESOLUTION, MAX_RESOLUTION, integer=True)
+        if model is not None:
+            _check_for_model(model, steps, resolution)
+        resized = [n for n in normals if n.size != (resolution, resolution)]
+        if resized:
+            sizes = sorted({f"{n.size[0]}x{n.size[1]}" for n in resized})
+            logger.warning(
+                "%d of %d normal images (%s) are resized to %dx%d; the bank records the resized copies in normal/",
+                len(resized),
+                len(normals),
+                ", ".join(sizes[:4]),
+                resolution,
+                resolution,
+            )
+        foreground_rule = foreground if foreground != "auto" else ("all" if category in MVTEC_TEXTURES else "otsu")
+        feather_px = float(feather) if feather is not None else max(1.0, resolution / 64)
+        settings: dict[str, Any] = {
+            "backend": backend,
+            "normal": str(normal_root),
+            "sources": len(normals),
+            "sources_sha256": [n.sha256 for n in normals],
+            "defects": names,
+            "priors": {name: priors_table[name].describe() for name in names},
+            "foreground": foreground_rule,
+            "min_foreground": min_foreground,
+            "max_tries": max_tries,
+            "per_image": per_image,
+            "samples_per_box": samples_per_box,
+            "resolution": resolution,
+            "seed": seed,
+            "keep_outside": keep_outside,
+            "feather": feather_px,
+        }
+        # Only when used, so that a bank made before these options keeps its settings (and --resume works).
+        if chosen.derived is not None:
+            settings["priors_auto"] = chosen.derived
+        if regions is not None:
+            settings["placement"] = regions.describe()
+        if model is not None:
+            import torch
+
+            from anomalib_anogen.generation.sampling import resolve_precision
+            from anomalib_anogen.generation.support import sha256_file as file_sha
+
+            settings.update(
+                backbone=model.spec,
+                backbone_sha256=model.fingerprint(),
+                embeddings={name: file_sha(sources.embeddings[name].path) for name in names},
+                steps=steps,
+                guidance=guidance,
+                eta=0.0,
+                batch_size=batch_size,
+                precision=resolve_precision(precision, torch.device("cuda" if _wants_cuda(accelerator) else "cpu")),
+            )
+        else:
+            settings.update(
+                support={
+                    name: [
+                        [sha256_file(c.source.pair.image), sha256_file(c.source.pair.mask)]
+                        for c in sources.cutouts[name]
+                    ]
+                    for name in names
+                },
+                blend=blend,
+            )
+        mode = check_output(output_path, settings, resume, overwrite) if first else "worker"  # workers never prepare
+        items = work_list(normals, names, per_image, samples_per_box)
+        with torch_threads(_cpu_threads(threads, backend, model)):
+            return _run(
+                model, sources, items, priors_table, settings, output_path, mode, accelerator, devices, progress,
+                regions,
+            )  # fmt: skip
+
+
+def _is_first_process() -> bool:
+    """False in the worker processes that Lightning Fabric (or torchrun) starts for ranks > 0 of a multi-GPU run.
+
+    Those run ``generate`` from the start again while rank 0 holds the bank's lock and prepares the bank, so they
+    neither take the lock nor judge the output folder (rank 0 did both); they only write their chunks.
+    """
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _wants_cuda(accelerator: str) -> bool:
@@ -462,6 +666,7 @@ def _run(
     accelerator: str,
     devices: int | str,
     progress: bool,
+    placement: Placement | None = None,
 ) -> Path:
     from lightning.fabric import Fabric
 
@@ -486,7 +691,7 @@ def _run(
         if model is not None
         else _PasteMaker(sources, settings)
     )
-    cache = SourceCache(settings["resolution"], settings["foreground"])
+    cache = SourceCache(settings["resolution"], settings["foreground"], placement)
     bar = _bar(pending, progress, fabric.global_rank, fabric.world_size)
     start, written, fallbacks = time.perf_counter(), 0, 0
     try:
@@ -534,20 +739,25 @@ def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settin
         placed = sample_box(
             priors[item.defect],
             settings["resolution"],
-            cache.object_mask(item.source),
+            cache.region(item.source, item.defect),
             rng,
             settings["min_foreground"],
             settings["max_tries"],
         )
+        if cache.placement is not None:  # accepted on the placement region; the foreground share is recorded too
+            inside = box_mask(placed.box, settings["resolution"]) > 0
+            share = float(cache.object_mask(item.source)[inside].mean())
+            placed = replace(placed, foreground=share, placement=placed.foreground)
         if placed.fallback:
             logger.warning(
-                "%s / %s box %d: no box with >= %.0f%% foreground in %d tries; using the best (%.0f%%)",
+                "%s / %s box %d: no box with >= %.0f%% %s in %d tries; using the best (%.0f%%)",
                 item.source.path.name,
                 item.defect,
                 box_index,
                 100 * settings["min_foreground"],
+                "on the placement region" if cache.placement is not None else "foreground",
                 settings["max_tries"],
-                100 * placed.foreground,
+                100 * (placed.placement if placed.placement is not None else placed.foreground),
             )
         cache.boxes[key] = placed
     return cache.boxes[key]
@@ -582,6 +792,7 @@ def _record(
         "foreground_fraction": round(placed.foreground, 4),
         "box_tries": placed.tries,
         "box_fallback": placed.fallback,
+        **_placement_fields(item, placed, settings),
         "seed": settings["seed"],
         "record_seed": derived_seed(settings["seed"], item.record_id),
         "backend": settings["backend"],
@@ -593,6 +804,14 @@ def _record(
         "resolution": resolution,
         **extra,
     }
+
+
+def _placement_fields(item: WorkItem, placed: PlacedBox, settings: dict[str, Any]) -> dict[str, Any]:
+    """With --placement: the template a record's box was placed on and the box's share on the placement region."""
+    if "placement" not in settings:
+        return {}
+    template = settings["placement"]["templates"][item.defect]["file"]
+    return {"placement": template, "placement_fraction": round(float(placed.placement or 0.0), 4)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

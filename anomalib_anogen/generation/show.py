@@ -1,8 +1,11 @@
 """``anogen show``: a contact sheet of a bank, so that a person can judge it at a glance.
 
 Per defect type, a title strip and then one row per shown record: the normal source | the generated image
-with its box outlined | the box mask. Every cell is ``cell x cell`` pixels, so the sheet is
+with its box outlined (and, for a bank made with ``--placement``, the defect's placement region as a faint outline)
+| the box mask. Every cell is ``cell x cell`` pixels, so the sheet is
 ``3 * cell`` wide and ``defects * (TITLE + rows * cell)`` high, where ``rows`` is ``min(per_defect, records)``.
+An unfinished bank (``bank.json``: ``complete: false``) gets a warning and one more strip on top,
+``INCOMPLETE: <n> of <total> records``.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from anomalib_anogen.data.bank import BankError, BankRecord, load_bank
-from anomalib_anogen.generation.bank_writer import png_bytes, write_atomic
+from anomalib_anogen.generation.bank_writer import make_folder, png_bytes, read_summary, remove_created, write_atomic
+from anomalib_anogen.generation.checks import SEED_MAX, check_number
 from anomalib_anogen.generation.errors import AnogenInputError
 
 logger = logging.getLogger(__name__)
 
 TITLE = 20  # pixels of the strip that names each defect type
 OUTLINE = (255, 32, 32)
+MAX_CELL = 1024
+INCOMPLETE_COLOUR = (160, 0, 0)
+REGION_COLOUR = (64, 224, 255)  # the placement region's outline, drawn at REGION_OPACITY
+REGION_OPACITY = 0.45
 
 
 def _cell(path: Path, cell: int, grey: bool = False) -> np.ndarray:
@@ -32,9 +40,14 @@ def _cell(path: Path, cell: int, grey: bool = False) -> np.ndarray:
     return np.repeat(array[..., None], 3, axis=2) if grey else array.copy()
 
 
-def _outlined(record: BankRecord, cell: int) -> np.ndarray:
-    """The generated image with the box's outline (traced from the mask file) drawn in."""
+def _outlined(record: BankRecord, cell: int, region: np.ndarray | None = None) -> np.ndarray:
+    """The generated image with the box's outline (traced from the mask file) and the placement region drawn in."""
     image = _cell(record.image, cell)
+    if region is not None:
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        lines = image.copy()
+        cv2.drawContours(lines, contours, -1, REGION_COLOUR, 1)
+        image = cv2.addWeighted(lines, REGION_OPACITY, image, 1 - REGION_OPACITY, 0)
     mask = _cell(record.mask, cell, grey=True)[..., 0]
     contours, _ = cv2.findContours((mask > 127).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, OUTLINE, 1)
@@ -48,33 +61,92 @@ def show(bank: str, output: str = "sheet.png", per_defect: int = 4, cell: int = 
         bank: Bank folder made by `anogen generate`.
         output: PNG file to write.
         per_defect: Records shown per defect type (the first ones in the manifest, or a random pick with --seed).
-        cell: Side of each image cell in pixels.
+        cell: Side of each image cell in pixels (8 to 1024).
         seed: Pick the shown records at random with this seed instead of taking the first ones.
     """
-    if per_defect < 1 or cell < 8:
-        raise AnogenInputError(f"--per_defect must be at least 1 and --cell at least 8 (got {per_defect}, {cell})")
+    check_number("per_defect", per_defect, 1, integer=True)
+    check_number("cell", cell, 8, MAX_CELL, integer=True, note="pixels")
+    if seed is not None:
+        check_number("seed", seed, 0, SEED_MAX, integer=True)
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise AnogenInputError(f"{path}: --output is a folder; give the PNG file to write")
     try:
         records = load_bank(bank)
     except BankError as error:
         raise AnogenInputError(str(error).removeprefix("bank_dir: ")) from error
+    incomplete = _incomplete(Path(bank).expanduser(), len(records))
+    regions = _regions(Path(bank).expanduser(), cell)
     by_defect: dict[str, list[BankRecord]] = {}
     for record in records:
         by_defect.setdefault(record.defect, []).append(record)
-    blocks = []
+    blocks = [_strip(incomplete, 3 * cell, INCOMPLETE_COLOUR)] if incomplete else []
     for defect in sorted(by_defect):
         chosen = by_defect[defect]
         if seed is not None and len(chosen) > per_defect:
             chosen = random.Random(f"{seed}:{defect}").sample(chosen, per_defect)
         chosen = chosen[:per_defect]
-        title = Image.new("RGB", (3 * cell, TITLE), (24, 24, 24))
-        ImageDraw.Draw(title).text((4, 4), f"{defect} ({len(by_defect[defect])})", fill=(255, 255, 255))
         rows = [
-            np.concatenate([_cell(r.source, cell), _outlined(r, cell), _cell(r.mask, cell, grey=True)], axis=1)
+            np.concatenate(
+                [_cell(r.source, cell), _outlined(r, cell, regions.get(defect)), _cell(r.mask, cell, grey=True)],
+                axis=1,
+            )
             for r in chosen
         ]
-        blocks.append(np.concatenate([np.asarray(title), *rows], axis=0))
+        blocks.append(np.concatenate([_strip(f"{defect} ({len(by_defect[defect])})", 3 * cell), *rows], axis=0))
     sheet = np.concatenate(blocks, axis=0)
-    path = Path(output).expanduser()
-    write_atomic(path, png_bytes(sheet))
-    logger.info("%s: %d defect types, %dx%d px", path, len(blocks), sheet.shape[1], sheet.shape[0])
+    created = make_folder(path.parent, "--output")
+    try:
+        write_atomic(path, png_bytes(sheet))
+    except OSError as error:
+        remove_created(created)
+        raise AnogenInputError(f"{path}: cannot write the contact sheet ({error.strerror or error})") from error
+    logger.info("%s: %d defect types, %dx%d px", path, len(by_defect), sheet.shape[1], sheet.shape[0])
     return path
+
+
+def _regions(bank: Path, cell: int) -> dict[str, np.ndarray]:
+    """Each defect's placement region at ``cell x cell`` (bool), for a bank made with ``--placement``."""
+    from anomalib_anogen.generation.placement import read_template
+
+    placement = ((read_summary(bank) or {}).get("settings") or {}).get("placement")
+    if not isinstance(placement, dict):
+        return {}
+    regions = {}
+    for defect, template in (placement.get("templates") or {}).items():
+        try:
+            mask = read_template(Path(template["file"]))
+        except (AnogenInputError, KeyError, TypeError) as error:
+            logger.warning("%s: placement region of %s not drawn (%s)", bank, defect, error)
+            continue
+        image = Image.fromarray(mask.astype(np.uint8) * 255).resize((cell, cell), Image.Resampling.NEAREST)
+        regions[defect] = np.asarray(image) > 0
+    return regions
+
+
+def _strip(text: str, width: int, background: tuple[int, int, int] = (24, 24, 24)) -> np.ndarray:
+    """A ``TITLE`` pixels high strip with ``text`` in white."""
+    title = Image.new("RGB", (width, TITLE), background)
+    ImageDraw.Draw(title).text((4, 4), text, fill=(255, 255, 255))
+    return np.asarray(title)
+
+
+def _incomplete(bank: Path, shown: int) -> str | None:
+    """``INCOMPLETE: n of total records`` for a bank whose bank.json says ``complete: false`` (with a warning)."""
+    summary = read_summary(bank) or {}
+    if summary.get("complete") is not False:
+        return None
+    settings = summary.get("settings") or {}
+    try:
+        total = int(settings["sources"]) * len(settings["defects"]) * int(settings["per_image"])
+    except (KeyError, TypeError, ValueError):
+        total = None
+    of = f" of {total}" if total is not None else ""
+    logger.warning(
+        "%s: unfinished bank (bank.json says complete: false): %d%s records; the sheet shows those and says so "
+        "in its first line. Finish it with the same `anogen generate` command and --resume true",
+        bank,
+        shown,
+        of,
+    )
+    return f"INCOMPLETE: {shown}{of} records"

@@ -72,6 +72,7 @@ class LoadedPair:
     image: Image.Image
     mask: np.ndarray  # bool, H x W, same size as image
     mask_resized: bool = False
+    mask_file_size: tuple[int, int] | None = None  # width, height of the mask file when it was resized
 
     @property
     def mask_fraction(self) -> float:
@@ -221,30 +222,30 @@ def load_mask_array(path: Path) -> np.ndarray:
     return array > 127
 
 
-def _warn(message: str) -> None:
+def _warn(message: str, stacklevel: int = 3) -> None:
     """A warning for library callers (``warnings``) and for the CLI's log."""
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=stacklevel)
     logger.warning(message)
 
 
-def load_pair(pair: SupportPair) -> LoadedPair:
+def load_pair(pair: SupportPair, warn: bool = True) -> LoadedPair:
     """Decode and check one pair; a mask of another size is resized (nearest) to the image with a warning.
 
     An empty mask is refused; a mask covering (nearly) the whole image is learned with a warning.
+    ``warn=False`` leaves the resize warning to the caller (``mask_file_size`` says which masks were
+    resized), as :func:`load_support` gives one for a whole support set.
     """
     image = load_rgb(pair.image)
     mask = load_mask_array(pair.mask)
-    resized = False
+    loaded = LoadedPair(pair=pair, image=image, mask=mask)
     if mask.shape != (image.height, image.width):
-        _warn(
-            f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}; "
-            "resizing the mask (nearest neighbour)"
-        )
-        mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
-        resized = True
-    if not mask.any():
+        loaded.mask_file_size = (mask.shape[1], mask.shape[0])
+        loaded.mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
+        loaded.mask_resized = True
+        if warn:
+            _warn(_resize_message(loaded))
+    if not loaded.mask.any():
         raise AnogenInputError(f"{pair.mask}: mask is empty (no defect pixel), nothing to learn from")
-    loaded = LoadedPair(pair=pair, image=image, mask=mask, mask_resized=resized)
     if loaded.mask_fraction >= WHOLE_IMAGE_MASK_FRACTION:
         _warn(
             f"{pair.mask}: mask covers {loaded.mask_fraction:.1%} of the image, so the whole picture is learned as "
@@ -253,6 +254,23 @@ def load_pair(pair: SupportPair) -> LoadedPair:
     return loaded
 
 
+def _resize_message(loaded: LoadedPair) -> str:
+    width, height = loaded.mask_file_size or loaded.image.size
+    return (
+        f"{loaded.pair.mask}: mask is {width}x{height} but its image is {loaded.image.width}x{loaded.image.height}; "
+        "resizing the mask (nearest neighbour)"
+    )
+
+
 def load_support(support: SupportSet) -> dict[str, list[LoadedPair]]:
-    """Decode every pair of every defect (fails on the first bad file, before any training)."""
-    return {defect: [load_pair(pair) for pair in support.pairs[defect]] for defect in support.defects}
+    """Decode every pair of every defect (fails on the first bad file, before any training).
+
+    Masks of another size than their image are resized with one warning for the whole set, naming the first.
+    """
+    loaded = {defect: [load_pair(pair, warn=False) for pair in support.pairs[defect]] for defect in support.defects}
+    every = [item for items in loaded.values() for item in items]
+    resized = [item for item in every if item.mask_resized]
+    if resized:
+        more = f" (and {len(resized) - 1} more of the {len(every)} support masks)" if len(resized) > 1 else ""
+        _warn(_resize_message(resized[0]) + more)
+    return loaded
