@@ -1,0 +1,127 @@
+"""Run ``anomalib`` and ``anogen`` commands in fresh processes that skip the ~15 s of imports.
+
+Importing anomalib's CLI (torch, Lightning, OpenVINO, timm, ...) takes about 15 s per process on this
+project's 2-core machine, more than most tiny docs commands take to run. This server imports what the two
+console scripts import, once, and then runs each command in a process forked from it: a fresh process
+per command (its own globals, seed, logging, exit code, no state left for the next one), started in
+milliseconds. The child runs exactly the console script's ``main`` with ``sys.argv`` set, so the plugin
+hook that matters is the real one: ``anomalib.cli`` is imported here as the ``anomalib`` script imports it.
+
+Protocol (one JSON object a line): the client writes ``{"argv": [...], "cwd": ..., "log": ..., "timeout": s}``
+and reads ``{"returncode": n}``; the command's stdout and stderr go to ``log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+
+def _mains() -> dict:
+    import anomalib.cli.cli  # the `anomalib` console script's import; the plugin hook fires here
+
+    import anomalib_anogen.cli
+    import anomalib_anogen.generation.generate
+    import anomalib_anogen.generation.learn
+    import anomalib_anogen.generation.show
+
+    return {"anomalib": anomalib.cli.cli.main, "anogen": anomalib_anogen.cli.main}
+
+
+def _child(main, argv: list[str], cwd: str, log: str) -> None:  # pragma: no cover - runs in the fork
+    code = 1
+    try:
+        descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(descriptor, 1)
+        os.dup2(descriptor, 2)
+        os.chdir(cwd)
+        sys.argv = argv
+        try:
+            result = main()  # as the console script: sys.exit(main())
+            code = result if isinstance(result, int) else 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # as multiprocessing's fork children end: no parent exit handlers in the child
+
+
+def _wait(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -signal.SIGKILL
+        time.sleep(0.05)
+
+
+def serve() -> None:
+    """Answer requests from stdin until it closes."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints of the imports must not mix with the replies
+    mains = _mains()
+    replies.write(json.dumps({"ready": True}) + "\n")
+    replies.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(mains[request["argv"][0]], request["argv"], request["cwd"], request["log"])
+        replies.write(json.dumps({"returncode": _wait(pid, request["timeout"])}) + "\n")
+        replies.flush()
+
+
+class CliServer:
+    """The client: ``run(["anomalib", "train", ...], cwd)`` gives a :class:`subprocess.CompletedProcess`."""
+
+    commands = ("anomalib", "anogen")
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self._read()
+
+    def _read(self) -> dict:
+        stream: IO[str] = self.process.stdout  # type: ignore[assignment]
+        line = stream.readline()
+        if not line:
+            msg = f"the CLI server ended (exit code {self.process.wait()}); its stderr is in the test output"
+            raise RuntimeError(msg)
+        return json.loads(line)
+
+    def run(self, argv: list[str], cwd: Path, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run one command in a fresh fork; stdout holds its stdout and stderr together."""
+        request = {"argv": argv, "cwd": str(cwd), "log": str(log), "timeout": timeout}
+        self.process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        returncode = self._read()["returncode"]
+        return subprocess.CompletedProcess(argv, returncode, log.read_text(errors="replace"), "")
+
+    def close(self) -> None:
+        """End the server."""
+        self.process.stdin.close()  # type: ignore[union-attr]
+        self.process.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    serve()
