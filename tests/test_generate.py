@@ -20,11 +20,11 @@ from anomalib_anogen.generation.boxes import (
     DEFAULT_PRIORS,
     BoxPrior,
     box_mask,
-    foreground_mask,
     load_priors,
     sample_box,
 )
 from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.foreground import foreground_mask
 from anomalib_anogen.generation.generate import generate
 from anomalib_anogen.generation.show import TITLE, show
 
@@ -174,7 +174,8 @@ def test_boxes_respect_the_priors_and_the_foreground_rule(paste_bank: Path, diff
             if not prior.rotate:
                 assert box["angle"] == 0.0
             mask = pixels(bank / "masks" / record["defect"] / f"{record['id']}_mask.png", "L") > 0
-            share = foreground_mask(pixels(source_of(bank, record)))[mask].mean()
+            rule = json.loads((bank / "bank.json").read_text())["settings"]["foreground"]
+            share = foreground_mask(pixels(source_of(bank, record)), rule)[mask].mean()
             assert share >= 0.75 or record["box_fallback"], record
             assert abs(share - record["foreground_fraction"]) < 1e-3
 
@@ -189,8 +190,9 @@ def test_box_fallback_is_bounded_and_recorded() -> None:
     assert not ok.fallback and ok.foreground == 1.0 and ok.tries == 1
 
 
-def test_otsu_foreground_of_the_bottle_is_the_bottle() -> None:
-    mask = foreground_mask(pixels(NORMAL / "000.png"))
+@pytest.mark.parametrize("rule", ["border", "otsu"])
+def test_foreground_of_the_bottle_is_the_bottle(rule: str) -> None:
+    mask = foreground_mask(pixels(NORMAL / "000.png"), rule)
     assert 0.4 < mask.mean() < 0.8 and mask[128, 128] and not mask[0, 0]
 
 

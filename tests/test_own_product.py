@@ -62,7 +62,7 @@ def test_own_product_from_support_anomalies_to_an_openvino_export(tmp_path: Path
     assert "--priors auto: dent: width" in log
     settings = json.loads((tmp_path / "runs" / "bank" / "bank.json").read_text())["settings"]
     assert set(settings["priors"]) == set(PRODUCT_DEFECTS) and "priors_auto" in settings
-    assert settings["foreground"] == "otsu" and "placement" not in settings
+    assert settings["foreground"] == "border" and "placement" not in settings
 
     # without --priors: no shipped priors for this path, so auto, with a log line (and no --category needed)
     log = run(server, tmp_path, *[w for w in generate if w != "auto" and w != "--priors"], "--output", "runs/same")

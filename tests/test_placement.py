@@ -97,15 +97,17 @@ def test_one_roi_for_every_defect_and_the_foreground_too(toy: dict[str, str], tm
     bank = paste_bank(toy, tmp_path / "bank", placement=str(roi))
     placement = settings_of(bank)["placement"]
     assert placement["kind"] == "roi" and placement["foreground"] is True
-    from anomalib_anogen.generation.boxes import foreground_mask
+    from anomalib_anogen.generation.foreground import foreground_mask
 
+    rule = settings_of(bank)["foreground"]
+    assert rule == "border"
     for record in manifest(bank):
         inside = box_pixels(bank, record)
         image = np.asarray(Image.open(record["source"]).convert("RGB"))
-        region = half(SIZE) & foreground_mask(image)
+        region = half(SIZE) & foreground_mask(image, rule)
         assert record["box_fallback"] or region[inside].mean() >= 0.75, record
         assert abs(region[inside].mean() - record["placement_fraction"]) < 1e-3
-        assert abs(foreground_mask(image)[inside].mean() - record["foreground_fraction"]) < 1e-3
+        assert abs(foreground_mask(image, rule)[inside].mean() - record["foreground_fraction"]) < 1e-3
 
 
 def test_a_bank_without_placement_or_auto_priors_keeps_its_old_settings(toy: dict[str, str], tmp_path: Path) -> None:

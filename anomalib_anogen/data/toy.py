@@ -124,6 +124,57 @@ def make_toy_product(
     return folder
 
 
+# Hard cases for the foreground rules (tests and benchmarks/bench_foreground.py): each returns the image and its
+# reference object mask.
+
+
+def dark_part(size: int = 256, seed: int = 0, height: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A dark, textured part on dark noise: grey 55 +- 18 (a grating) on grey 40 +- 12 (noise), ``height x size``.
+
+    A grey-level threshold splits the noise, not the part; the object differs from the background only in its
+    smoothed colour and texture.
+    """
+    rng = np.random.default_rng(seed)
+    height = height or size
+    yy, xx = np.mgrid[0:height, 0:size].astype(np.float32)
+    cy, cx = height * rng.uniform(0.4, 0.6), size * rng.uniform(0.4, 0.6)
+    a, b = min(height, size) * rng.uniform(0.2, 0.3, 2)
+    turn = rng.uniform(0, np.pi)
+    u = ((xx - cx) * np.cos(turn) + (yy - cy) * np.sin(turn)) / a
+    v = (-(xx - cx) * np.sin(turn) + (yy - cy) * np.cos(turn)) / b
+    reference = np.abs(u) ** 3 + np.abs(v) ** 3 < 1  # a rounded rectangle
+    period = min(height, size) / 12
+    grating = 55 + 18 * np.sin(xx / period * 2 * np.pi) * np.sin(yy / period * 1.5 * np.pi)
+    part = (grating + rng.normal(0, 6, (height, size)))[..., None] * np.array([1.0, 0.95, 0.9])
+    background = rng.normal(40, 12, (height, size, 1)) * np.ones(3)
+    image = np.where(reference[..., None], part, background)
+    return np.clip(image, 0, 255).astype(np.uint8), reference
+
+
+def disc_reference(image: np.ndarray, darker_than: int = 200) -> np.ndarray:
+    """The reference mask of a round part on a bright background (MVTec bottle).
+
+    The minimum enclosing circle of the largest component darker than ``darker_than``.
+    """
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    contours, _ = cv2.findContours((grey < darker_than).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    (x, y), radius = cv2.minEnclosingCircle(max(contours, key=cv2.contourArea))
+    mask = np.zeros(grey.shape, np.uint8)
+    cv2.circle(mask, (round(x), round(y)), round(radius), 1, -1)
+    return mask.astype(bool)
+
+
+def darken_background(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``image`` with the background (outside ``reference``) scaled to the object's mean brightness."""
+    grey = image.astype(np.float32).mean(axis=-1)
+    scale = grey[reference].mean() / max(1.0, grey[~reference].mean())
+    out = image.astype(np.float32)
+    out[~reference] *= scale
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def main(argv: list[str] | None = None) -> Path:
     """``python -m anomalib_anogen.data.toy --output DIR``: write the toy product of docs/your-own-product.md."""
     import argparse

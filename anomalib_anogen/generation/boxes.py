@@ -2,9 +2,9 @@
 
 As the paper: a box's width and height are drawn uniformly from per-defect ranges given as fractions of the
 image side, rotated by a random angle when the prior allows it, and accepted only when at least 75% of it lies
-on the object's foreground (Otsu threshold plus morphological closing of the normal image; a texture category
-is all foreground). After a bounded number of tries the best box seen is used and the fallback is logged and
-recorded, so a bank never stalls on an image whose object is too small for its priors.
+on the object's foreground (generation/foreground.py; a texture category is all foreground). After a bounded
+number of tries the best box seen is used and the fallback is logged and recorded, so a bank never stalls on an
+image whose object is too small for its priors.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 # The paper's MVTec AD priors, shipped with the package (configs/anogen/mvtec_box_ranges.json is the same file).
 DEFAULT_PRIORS = Path(__file__).with_name("mvtec_box_ranges.json")
-MVTEC_TEXTURES = frozenset({"carpet", "grid", "leather", "tile", "wood"})
 MIN_FOREGROUND = 0.75
 MAX_TRIES = 100
 
@@ -186,25 +185,7 @@ def derive_prior(masks: list[np.ndarray], margin: float, rotate: bool, where: st
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Foreground and masks
-
-
-def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """The object's pixels (bool H x W): Otsu threshold of the grey image, then morphological closing.
-
-    The side of the threshold that covers most of the image border is background, so both a dark object on a
-    light background (bottle) and a light one on a dark background work. A flat image is all foreground.
-    """
-    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    if int(grey.max()) == int(grey.min()):
-        return np.ones(grey.shape, bool)
-    _, binary = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    border = np.concatenate([binary[0], binary[-1], binary[:, 0], binary[:, -1]])
-    if border.mean() > 0.5:
-        binary = 1 - binary
-    side = max(3, (min(grey.shape) // 32) | 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-    return cv2.morphologyEx(binary.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+# Masks
 
 
 def box_mask(box: Box, size: int) -> np.ndarray:

@@ -31,7 +31,6 @@ from anomalib_anogen.generation.boxes import (
     DEFAULT_PRIORS,
     MAX_TRIES,
     MIN_FOREGROUND,
-    MVTEC_TEXTURES,
     BoxPrior,
     PlacedBox,
     box_mask,
@@ -39,12 +38,12 @@ from anomalib_anogen.generation.boxes import (
     derive_prior,
     derived_seed,
     feather_alpha,
-    foreground_mask,
     load_priors,
     sample_box,
 )
 from anomalib_anogen.generation.checks import SEED_MAX, check_number
 from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.foreground import FOREGROUND_RULES, foreground_mask, resolve_rule
 from anomalib_anogen.generation.placement import Placement, load_placement
 from anomalib_anogen.generation.support import IMAGE_SUFFIXES, _is_ignored, load_rgb, sha256_file
 from anomalib_anogen.generation.threads import torch_threads
@@ -52,7 +51,6 @@ from anomalib_anogen.generation.threads import torch_threads
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("diffusion", "paste")
-FOREGROUNDS = ("auto", "otsu", "all")
 PRECISIONS = ("auto", "32", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
@@ -324,8 +322,8 @@ def _check_options(
 
     if blend not in BLENDS:
         raise AnogenInputError(f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})")
-    if foreground not in FOREGROUNDS:
-        raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUNDS)} (got {foreground!r})")
+    if foreground not in FOREGROUND_RULES:
+        raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})")
     if precision not in PRECISIONS:
         raise AnogenInputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     if accelerator not in ACCELERATORS:
@@ -406,13 +404,9 @@ class SourceCache:
         return self.pixels[source.index]
 
     def object_mask(self, source: NormalImage) -> np.ndarray:
-        """Where boxes may go: the Otsu foreground, or everything for a texture."""
+        """Where boxes may go: the object's foreground by the run's rule (everything for a texture)."""
         if source.index not in self.masks:
-            image = self.image(source)
-            if self.foreground == "all":
-                self.masks[source.index] = np.ones(image.shape[:2], bool)
-            else:
-                self.masks[source.index] = foreground_mask(image)
+            self.masks[source.index] = foreground_mask(self.image(source), self.foreground)
         return self.masks[source.index]
 
     def region(self, source: NormalImage, defect: str) -> np.ndarray:
@@ -507,7 +501,7 @@ def generate(
         blend: paste backend: feather | poisson (cv2.seamlessClone).
         resolution: Output side in pixels, 8 to 4096 (default: the backbone's native one; paste: the first image's
             width); diffusion: a multiple of the VAE factor.
-        foreground: auto (all foreground for MVTec textures, else otsu) | otsu | all.
+        foreground: auto (all for MVTec textures, else border) | border | otsu | all (see generation/foreground.py).
         min_foreground: Share of a box that must lie on the foreground, 0 to 1 (paper: 0.75).
         max_tries: Boxes drawn (1 to 10000) before the best one seen is used (logged, recorded as box_fallback).
         seed: Seed of every box, noise and jitter, 0 to 2**32 - 1 (each record's derives from it and its id).
@@ -573,7 +567,7 @@ def generate(
                 resolution,
                 resolution,
             )
-        foreground_rule = foreground if foreground != "auto" else ("all" if category in MVTEC_TEXTURES else "otsu")
+        foreground_rule = resolve_rule(foreground, category)
         feather_px = float(feather) if feather is not None else max(1.0, resolution / 64)
         settings: dict[str, Any] = {
             "backend": backend,
