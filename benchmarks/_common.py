@@ -62,7 +62,7 @@ def machine() -> dict[str, str | int]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cpu_cores": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),

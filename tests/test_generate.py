@@ -345,9 +345,9 @@ def test_priors_naming_a_defect_without_embedding(tmp_path: Path, embeddings: Pa
 
 def test_embedding_without_prior_and_unknown_defect_in_users_priors(tmp_path: Path, capsys) -> None:
     two = write_priors(tmp_path / "two.json", {k: v for k, v in BOTTLE_PRIORS.items() if k != "contamination"})
-    assert "contamination have an support anomaly" in run_bad(paste_args(tmp_path / "a", "--priors", str(two)), capsys)
+    assert "contamination have a support anomaly" in run_bad(paste_args(tmp_path / "a", "--priors", str(two)), capsys)
     four = write_priors(tmp_path / "four.json", {**BOTTLE_PRIORS, "scratch": [[0.1, 0.2], [0.1, 0.2], False]})
-    assert "scratch without an support anomaly" in run_bad(paste_args(tmp_path / "b", "--priors", str(four)), capsys)
+    assert "scratch without a support anomaly" in run_bad(paste_args(tmp_path / "b", "--priors", str(four)), capsys)
     bad = write_priors(tmp_path / "bad.json", {**BOTTLE_PRIORS, "broken_small": [[0.1, 0.2], [0.1, 0.2], "maybe"]})
     assert "rotate must be true or false" in run_bad(paste_args(tmp_path / "c", "--priors", str(bad)), capsys)
     assert not any((tmp_path / name).exists() for name in "abc")

@@ -105,7 +105,7 @@ def test_an_input_error_after_the_lock_leaves_no_folder_behind(toy: dict[str, st
     bad.write_text(json.dumps({"blob": [[0.1, 0.3], [0.1, 0.3], True]}))  # scratch and spot have no prior
     args = toy_args(toy, output)
     args[args.index("--priors") + 1] = str(bad)
-    assert "scratch, spot have an support anomaly" in error_line(args, capsys)
+    assert "scratch, spot have a support anomaly" in error_line(args, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["priors.json"]  # not even new/deeper
 
 

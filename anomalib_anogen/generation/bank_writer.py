@@ -108,7 +108,7 @@ def check_target(output: Path, resume: bool, overwrite: bool) -> None:
         raise AnogenInputError(f"{output}: exists, is not empty and is not an anogen bank; choose another --output")
 
 
-def check_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
+def check_bank_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
     """Decide, before any work and without writing, what happens to ``output``: ``new``, ``resume`` or ``overwrite``."""
     check_target(output, resume, overwrite)
     if not output.exists() or not _entries(output):

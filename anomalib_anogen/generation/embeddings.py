@@ -56,7 +56,9 @@ def is_finished(folder: Path) -> bool:
     return not folder.name.startswith(".") and (folder / EMBEDDING_FILE).is_file()
 
 
-def check_output(output: Path, defects: list[str], overwrite: bool, keep_finished: bool = False) -> list[str]:
+def check_embeddings_output(
+    output: Path, defects: list[str], overwrite: bool, keep_finished: bool = False
+) -> list[str]:
     """Check ``output`` before any work; returns the defects whose finished embedding stays (not ``overwrite``).
 
     Refused: an ``output`` that cannot be written (a file in the way, no permission, a read-only file system),

@@ -45,7 +45,7 @@ from anomalib_anogen.generation.checks import SEED_MAX, check_number
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.foreground import FOREGROUND_RULES, foreground_mask, resolve_rule
 from anomalib_anogen.generation.placement import Placement, load_placement
-from anomalib_anogen.generation.support import IMAGE_SUFFIXES, _is_ignored, load_rgb, sha256_file
+from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_rgb, sha256_file
 from anomalib_anogen.generation.threads import torch_threads
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def list_normals(folder: str | Path, max_images: int | None = None) -> list[Norm
         raise AnogenInputError(f"{root}: normal image folder not found")
     files = []
     for path in sorted(root.iterdir()):
-        if path.is_dir() or _is_ignored(path):
+        if path.is_dir() or is_ignored(path):
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise AnogenInputError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -147,6 +147,10 @@ def _discover_cutouts(folder: str | None) -> DefectSources:
     return DefectSources(names=sorted(cutouts), cutouts=cutouts, where=f"support anomaly in {found.root}")
 
 
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def _match_defects(
     sources: DefectSources, priors: dict[str, BoxPrior], priors_name: str, wanted: list[str] | None
 ) -> list[str]:
@@ -161,13 +165,13 @@ def _match_defects(
     no_source = sorted(set(priors) - set(sources.names))
     if no_source:
         raise AnogenInputError(
-            f"{priors_name} names defect(s) {', '.join(no_source)} without an {sources.where} "
+            f"{priors_name} names defect(s) {', '.join(no_source)} without {_with_article(sources.where)} "
             f"(have: {', '.join(sources.names)}); remove them from the priors or pass --defects"
         )
     no_prior = sorted(set(sources.names) - set(priors))
     if no_prior:
         raise AnogenInputError(
-            f"defect(s) {', '.join(no_prior)} have an {sources.where} but no box prior in {priors_name} "
+            f"defect(s) {', '.join(no_prior)} have {_with_article(sources.where)} but no box prior in {priors_name} "
             f"(it names: {', '.join(sorted(priors))}); add them or pass --defects"
         )
     return sorted(priors)
@@ -516,7 +520,7 @@ def generate(
         threads: CPU threads for torch, 1 to the machine's CPUs (default: 1 for the tiny backbones and paste, else
             torch's default).
     """
-    from anomalib_anogen.generation.bank_writer import BankLock, check_output, check_target
+    from anomalib_anogen.generation.bank_writer import BankLock, check_bank_output, check_target
 
     numbers = {
         "per_image": per_image,
@@ -618,7 +622,8 @@ def generate(
                 },
                 blend=blend,
             )
-        mode = check_output(output_path, settings, resume, overwrite) if first else "worker"  # workers never prepare
+        # Workers never prepare the bank.
+        mode = check_bank_output(output_path, settings, resume, overwrite) if first else "worker"
         items = work_list(normals, names, per_image, samples_per_box)
         with torch_threads(_cpu_threads(threads, backend, model)):
             return _run(

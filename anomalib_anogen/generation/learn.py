@@ -149,7 +149,7 @@ def learn(
     Returns:
         The defect folders this run wrote (kept defects are logged, not returned).
     """
-    from anomalib_anogen.generation.embeddings import check_output
+    from anomalib_anogen.generation.embeddings import check_embeddings_output
     from anomalib_anogen.generation.textual_inversion import LearnConfig
 
     config = LearnConfig(
@@ -171,7 +171,7 @@ def learn(
         raise AnogenInputError(f"--token {token!r} has no {{defect}} but {len(names)} defects would share it")
     loaded = load_support(found)
     output_path = Path(output).expanduser()
-    finished = check_output(output_path, names, overwrite, keep_finished=True)
+    finished = check_embeddings_output(output_path, names, overwrite, keep_finished=True)
     planned = {name: _planned_metadata(name, token, config, found, loaded[name]) for name in names}
     kept = {name: _check_kept(output_path / name, planned[name]) for name in finished}
     todo = [name for name in names if name not in kept]
@@ -401,7 +401,7 @@ def import_embedding(
         METADATA_FILE,
         METADATA_FORMAT,
         RELEASED_BACKBONE,
-        check_output,
+        check_embeddings_output,
         load_released,
         released_defect_name,
         released_inputs,
@@ -418,7 +418,7 @@ def import_embedding(
         raise AnogenInputError(f"two input files map to the same defect name ({sorted(names)})")
     loaded = [load_released(file) for file in files]  # every file is checked before anything is written
     output_path = Path(output).expanduser()
-    check_output(output_path, names, overwrite)
+    check_embeddings_output(output_path, names, overwrite)
     written = []
     for file, name, (original_token, vector, token_id) in zip(files, names, loaded, strict=True):
         metadata = {

@@ -16,7 +16,6 @@ work: a missing, unknown, unreadable or all-black template is an :class:`AnogenI
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.support import IMAGE_SUFFIXES, _is_ignored
+from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, sha256_file
 
 TEMPLATE_NAME = "mask.png"  # the authors' file name inside each <defect> folder
 
@@ -59,8 +58,7 @@ class Placement:
             "kind": self.kind,
             "foreground": self.foreground,
             "templates": {
-                defect: {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-                for defect, path in sorted(self.files.items())
+                defect: {"file": str(path), "sha256": sha256_file(path)} for defect, path in sorted(self.files.items())
             },
         }
 
@@ -83,7 +81,7 @@ def _template_in(folder: Path) -> Path:
     named = folder / TEMPLATE_NAME
     if named.is_file():
         return named
-    images = [p for p in sorted(folder.iterdir()) if p.is_file() and not _is_ignored(p)]
+    images = [p for p in sorted(folder.iterdir()) if p.is_file() and not is_ignored(p)]
     images = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(images) != 1:
         found = ", ".join(p.name for p in images) or "no image"

@@ -89,7 +89,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_ignored(path: Path) -> bool:
+def is_ignored(path: Path) -> bool:
+    """A hidden file or folder, or one an OS leaves behind (``Thumbs.db``...): never an image or a defect type."""
     return path.name.startswith(".") or path.name in IGNORED_NAMES
 
 
@@ -98,7 +99,7 @@ def _scan_pair_folder(folder: Path, defect: str, mask_folder: Path | None = None
     images: list[Path] = []
     masks: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_dir() or _is_ignored(path):
+        if path.is_dir() or is_ignored(path):
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise AnogenInputError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -110,7 +111,7 @@ def _scan_pair_folder(folder: Path, defect: str, mask_folder: Path | None = None
         if not mask_folder.is_dir():
             raise AnogenInputError(f"{mask_folder}: mask folder missing for the images in {folder}")
         for path in sorted(mask_folder.iterdir()):
-            if path.is_file() and not _is_ignored(path) and path.stem.endswith(MASK_SUFFIX):
+            if path.is_file() and not is_ignored(path) and path.stem.endswith(MASK_SUFFIX):
                 masks[path.stem[: -len(MASK_SUFFIX)]] = path
     if not images:
         raise AnogenInputError(f"{folder}: no images found (expected <name>.png with <name>{MASK_SUFFIX}.png)")
@@ -153,7 +154,7 @@ def discover_support(
         for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir() and p.name != MVTEC_GOOD):
             found[folder.name] = _scan_pair_folder(folder, folder.name, root / "ground_truth" / folder.name)
     else:
-        subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_ignored(p))
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not is_ignored(p))
         if subfolders:
             layout = "support"
             for folder in subfolders:
