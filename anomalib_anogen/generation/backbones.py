@@ -501,14 +501,17 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """Hugging Face's own reading of ``HF_HUB_OFFLINE`` (and ``TRANSFORMERS_OFFLINE``), as the downloader sees it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _missing_message(spec: str, detail: str) -> str:
+    from huggingface_hub import constants
+
     offline = _offline()
-    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub"
-    )
+    cache = constants.HF_HUB_CACHE  # honours HF_HUB_CACHE, HF_HOME and XDG_CACHE_HOME
     return (
         f"backbone {spec!r} is not a built-in ({', '.join(BUILTIN_BACKBONES)}), not a local folder, and not in the "
         f"Hugging Face cache{' (HF_HUB_OFFLINE is set)' if offline else ''}: {detail}. On a machine with internet run "
