@@ -23,6 +23,17 @@ os.environ.setdefault("ANOMALIB_LOG_LEVEL", "WARNING")
 OPENVINO_DEFAULT_ENV = "ANOGEN_TEST_OPENVINO_DEFAULT"
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (tiny models' ops are too small to gain from threads), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _default_sigchld_disposition() -> Iterator[None]:
     """After each test, SIGCHLD goes back to its default disposition.

@@ -14,7 +14,7 @@ from anomalib_anogen.generation.backbones import (
 )
 from anomalib_anogen.generation.errors import BackboneNotFoundError
 
-torch.set_num_threads(1)  # the tiny models' ops are too small to gain from threads on 2 cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_is_deterministic_and_tokenises_words_as_single_tokens() -> None:
