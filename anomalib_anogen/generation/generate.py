@@ -572,13 +572,15 @@ def generate(
         resized = [n for n in normals if n.size != (resolution, resolution)]
         if resized:
             sizes = sorted({f"{n.size[0]}x{n.size[1]}" for n in resized})
+            stretched = sum(n.size[0] != n.size[1] for n in resized)
             logger.warning(
-                "%d of %d normal images (%s) are resized to %dx%d; the bank records the resized copies in normal/",
+                "%d of %d normal images (%s) are resized to %dx%d%s; the bank records the resized copies in normal/",
                 len(resized),
                 len(normals),
                 ", ".join(sizes[:4]),
                 resolution,
                 resolution,
+                f" ({stretched} not square: stretched, the aspect ratio is not kept)" if stretched else "",
             )
         foreground_rule = foreground if foreground != "auto" else ("all" if category in MVTEC_TEXTURES else "otsu")
         feather_px = float(feather) if feather is not None else max(1.0, resolution / 64)
