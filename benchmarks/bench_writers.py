@@ -18,7 +18,10 @@ it logs at the end), peak RSS is the child's ``ru_maxrss`` (``os.wait4``), also 
 forked process starts with (``base``: a child that does nothing). The runs alternate (size by size, writers
 setting by setting, ``--repeats`` rounds) and their banks are checked to be byte-identical per size.
 ``encode_hash_ms_per_record``: in this process, the median time to PNG-encode and sha256 one bank image and its
-mask of that size: the work that the writer threads take off the loop.
+mask of that size: the work that the writer threads take off the loop; its share of the serial time per record
+gives ``pool_bound_with_free_cores`` = 1 / (1 - share), the most a pool can gain when each writer thread finds
+an idle core (it cannot on a machine whose cores are busy: compare ``cpu_per_wall``, the child's CPU seconds over
+its wall seconds, above 1 only when its threads really ran at the same time).
 
     python benchmarks/bench_writers.py                    # CPU, 8 images x 3 defects x 2 records per size
     python benchmarks/bench_writers.py --smoke            # seconds: checks the script still works
@@ -116,14 +119,22 @@ def run_forked(normal: Path | None, output: Path, writers: int, args: Any) -> di
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    started = time.perf_counter()
     _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"the run with --writers {writers} on {normal} failed (exit status {status})")
     peak = usage.ru_maxrss / 1024  # KiB on Linux
     if normal is None:
         return {"peak_rss_mib": peak}
     measured = json.loads(result.read_text())
-    return {**measured, "images_per_s": measured["images"] / measured["loop_s"], "peak_rss_mib": peak}
+    cpu = usage.ru_utime + usage.ru_stime  # all the child's threads
+    return {
+        **measured,
+        "images_per_s": measured["images"] / measured["loop_s"],
+        "peak_rss_mib": peak,
+        "cpu_per_wall": cpu / wall,
+    }
 
 
 def bank_digest(bank: Path) -> str:
@@ -216,11 +227,18 @@ def main(argv: list[str] | None = None) -> int:
                 rate = statistics.mean(run["images_per_s"] for run in measured)
                 peak = max(run["peak_rss_mib"] for run in measured)
                 results[f"{tag}_writers{writers}_images_per_s"] = rate
+                results[f"{tag}_writers{writers}_cpu_per_wall"] = statistics.mean(r["cpu_per_wall"] for r in measured)
                 results[f"{tag}_writers{writers}_peak_rss_mib"] = peak
                 results[f"{tag}_writers{writers}_peak_rss_over_base_mib"] = peak - base
                 if writers != serial:
                     serial_rate = statistics.mean(run["images_per_s"] for run in runs[(tag, serial)])
                     results[f"{tag}_writers{writers}_over_writers{serial}"] = rate / serial_rate
+            # What taking the encoding and hashing off the loop can give at most, given a free core per writer.
+            serial_ms = 1e3 / statistics.mean(run["images_per_s"] for run in runs[(tag, serial)])
+            results[f"{tag}_serial_ms_per_record"] = serial_ms
+            share = min(results[f"{tag}_encode_hash_ms_per_record"] / serial_ms, 0.99)
+            results[f"{tag}_encode_hash_share_of_serial"] = share
+            results[f"{tag}_pool_bound_with_free_cores"] = 1 / (1 - share)
             results[f"{tag}_records"] = runs[(tag, serial)][0]["images"]
             results[f"{tag}_banks_identical"] = len(digests[tag]) == 1
         results["benchmark_s"] = time.perf_counter() - started
