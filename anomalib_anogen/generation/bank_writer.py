@@ -406,8 +406,7 @@ class BankWriter:
         for the oldest and records it (bounded memory). Records are appended here, in the order they were
         submitted, each once its files (and its ``copy``) are on disk; an error of a writer thread is raised
         here, by a later :meth:`submit` or by :meth:`drain`. ``image`` and ``mask`` must not be changed
-        afterwards. Without writer threads everything
-        is done before this returns, as a serial loop would.
+        afterwards. Without writer threads everything is done before this returns, as a serial loop would.
         """
         if self.limit:
             self._record_done(keep=self.limit - 1)  # room for this one first: never more than `limit` images held
