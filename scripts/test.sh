@@ -8,7 +8,7 @@ bash scripts/setup.sh
 # Benchmarks never run in the test suite; --smoke only checks, in seconds, that each still works.
 .venv/bin/python benchmarks/bench_startup.py --smoke
 if [ -d ../shared/data/support/bottle ]; then
-    for bench in bank generate foreground train infer accuracy; do
+    for bench in bank generate foreground writers train infer accuracy; do
         .venv/bin/python "benchmarks/bench_$bench.py" --smoke
     done
 fi

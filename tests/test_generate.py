@@ -377,7 +377,7 @@ def test_mixed_sizes_are_resized_and_recorded(tmp_path: Path, caplog) -> None:
     generate(
         normal=str(folder), backend="paste", support=str(SUPPORT_BOTTLE), output=str(output), category="bottle", **FAST
     )
-    assert "are resized to 256x256" in caplog.text
+    assert "1 of 2 normal images (200x180) are resized to 256x256 (1 not square: stretched" in caplog.text
     records = {r["source"]: r for r in manifest(output)}
     assert str((folder / "a.png").resolve()) in records and "normal/b.png" in records
     assert pixels(output / "normal" / "b.png").shape == (256, 256, 3)

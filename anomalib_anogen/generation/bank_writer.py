@@ -5,6 +5,9 @@
 * A manifest record is appended (one ``write`` of one line) only after its image and mask exist; ``--resume``
   keeps the records whose files exist with the recorded sha256, drops a torn last line, and regenerates the
   rest. Files written but never recorded are simply replaced.
+* PNG encoding, hashing and writing may run on a few writer threads (``--writers``) while the next images are
+  made; the records are still appended by the generating thread, one at a time, in the order they were made,
+  each once its files are on disk, so the manifest, the files and ``bank.json`` are the bytes of a serial run.
 * ``bank.json`` (written first, with ``complete: false``) holds the settings; a folder with a bank of other
   settings is refused unless ``--overwrite``, and ``--resume`` requires the same settings.
 * When the run ends the manifest is rewritten in work order and ``bank.json`` gets the summary, so a bank
@@ -26,7 +29,10 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,7 @@ from PIL import Image
 
 from anomalib_anogen import __version__
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, image_path, mask_path
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.errors import AnogenInputError, BankWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,8 @@ NORMAL_DIR = "normal"  # resized copies of normal images that are not at the out
 BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, SUMMARY_NAME)  # deletion order for --overwrite
 TEMPORARY_MARK = ".tmp-"
 LOCK_NAME = "bank.lock"  # held by the run that writes the bank; never part of it
+WRITERS_MAX = 32  # --writers: threads that encode and write the bank's files (0 or 1: in the generating thread)
+PENDING_PER_WRITER = 2  # records handed to the writer threads and not yet recorded, per thread (bounds memory)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -288,14 +296,38 @@ def _describe_holder(holder: dict[str, Any]) -> str:
     return f"pid {pid} on host {host}, started {started}: {command}"
 
 
+@dataclass(frozen=True)
+class NormalCopy:
+    """A resized normal image in the bank (``normal/<stem>.png``): its path, and its sha256 once written."""
+
+    relative: str
+    future: Future  # the sha256 of the file, or the error that writing it raised
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """:func:`write_atomic`, with an error that names the file and says how to go on."""
+    try:
+        write_atomic(path, data)
+    except OSError as error:
+        raise BankWriteError(
+            f"{path}: cannot write the bank file ({error.strerror or error}); the records written before it are "
+            "kept: fix the cause (free space, permissions), then run again with --resume true"
+        ) from error
+
+
 class BankWriter:
     """Files and manifest of one bank; every rank of a multi-device run holds one on the same folder."""
 
-    def __init__(self, output: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, output: Path, settings: dict[str, Any], writers: int = 0) -> None:
         self.output = output
         self.settings = settings
         self.manifest = output / MANIFEST_NAME
-        self._normal_copies: dict[str, tuple[str, str]] = {}  # stem -> (path, sha256): encode each normal once
+        self.writers = writers if writers >= 2 else 0  # 0 or 1: serial, in the generating thread
+        self.limit = PENDING_PER_WRITER * self.writers  # records waiting to be recorded, at most
+        self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="anogen-writer") if self.writers else None
+        self._queue: deque[tuple[dict[str, Any], NormalCopy | None, Future]] = deque()  # in submission order
+        self._failed = False
+        self._normal_copies: dict[str, NormalCopy] = {}  # stem -> its copy: encode each normal once
 
     # ------------------------------------------------------------------------------------------------------------
     # Before the work (one rank)
@@ -353,32 +385,117 @@ class BankWriter:
     # ------------------------------------------------------------------------------------------------------------
     # During the work (every rank)
 
-    def normal_copy(self, stem: str, array: np.ndarray) -> tuple[str, str]:
-        """Write (once) the resized normal image a record pairs with; returns its bank-relative path and sha256."""
-        if stem in self._normal_copies:  # every record of a normal image pairs with the same resized copy
-            return self._normal_copies[stem]
-        data = png_bytes(array)
-        relative = f"{NORMAL_DIR}/{stem}.png"
-        path = self.output / relative
-        digest = sha256_bytes(data)
-        if not path.is_file() or sha256_bytes(path.read_bytes()) != digest:
-            write_atomic(path, data)
-        self._normal_copies[stem] = relative, digest
-        return relative, digest
+    def normal_copy(self, stem: str, array: np.ndarray) -> NormalCopy:
+        """Have the resized normal image that records of ``stem`` pair with written, once per run.
 
-    def write(self, record: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-        """Write image and mask atomically, then append the record (with their sha256) to the manifest."""
-        image_data, mask_data = png_bytes(image), png_bytes(mask)
-        write_atomic(image_path(self.output, record["defect"], record["id"]), image_data)
-        write_atomic(mask_path(self.output, record["defect"], record["id"]), mask_data)
-        record = {**record, "image_sha256": sha256_bytes(image_data), "mask_sha256": sha256_bytes(mask_data)}
+        Returns its bank-relative path at once; its sha256 is filled into a record's ``source_sha256`` when
+        :meth:`submit` records it (the copy is on disk by then). Every record of an image shares one copy.
+        """
+        if stem not in self._normal_copies:
+            relative = f"{NORMAL_DIR}/{stem}.png"
+            self._normal_copies[stem] = NormalCopy(relative, self._run(self._write_copy, self.output / relative, array))
+        return self._normal_copies[stem]
+
+    def submit(
+        self, record: dict[str, Any], image: np.ndarray, mask: np.ndarray, copy: NormalCopy | None = None
+    ) -> None:
+        """Write image and mask atomically, then append the record (with their sha256) to the manifest.
+
+        With ``writers`` >= 2 the encoding, hashing and writing run on a writer thread and this returns at once,
+        unless ``limit`` (``PENDING_PER_WRITER * writers``) records are already waiting: then it first waits
+        for the oldest and records it (bounded memory). Records are appended here, in the order they were
+        submitted, each once its files (and its ``copy``) are on disk; an error of a writer thread is raised
+        here, by a later :meth:`submit` or by :meth:`drain`. ``image`` and ``mask`` must not be changed
+        afterwards. Without writer threads everything is done before this returns, as a serial loop would.
+        """
+        if self.limit:
+            self._record_done(keep=self.limit - 1)  # room for this one first: never more than `limit` images held
+        self._queue.append((record, copy, self._run(self._write_files, record, image, mask)))
+        self._record_done(keep=self.limit)  # serial: this one, now; threads: those already written
+
+    def drain(self) -> None:
+        """Wait for every submitted record and append it (raises the first writer error, as :meth:`submit`)."""
+        self._record_done(keep=0)
+
+    def close(self) -> None:
+        """Stop the writer threads, however the run ends; idempotent.
+
+        After a writer error the records not yet started are dropped and nothing more is recorded. Otherwise
+        (the loop ended, or failed, or was interrupted) the records already submitted are finished and recorded
+        in order, as a serial run would have written them before it stopped (at most ``limit`` of them). No
+        thread writes into the bank after this; what a failed run did not record, ``--resume`` makes again.
+        """
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True, cancel_futures=self._failed)
+        self._pool = None
+        while self._queue and not self._failed:
+            record, copy, future = self._queue[0]
+            if future.cancelled() or future.exception() is not None:
+                break
+            if copy is not None and (copy.future.cancelled() or copy.future.exception() is not None):
+                break
+            self._queue.popleft()
+            self._append(record, copy, future.result())
+        self._queue.clear()
+
+    @property
+    def pending(self) -> int:
+        """Records submitted and not yet appended to the manifest."""
+        return len(self._queue)
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> Future:
+        """``function(*args)`` on a writer thread, or now (serial) with its result or error in a done future."""
+        if self._pool is not None:
+            return self._pool.submit(function, *args)
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # kept, and raised where a writer thread's error would be
+            future.set_exception(error)
+        return future
+
+    def _record_done(self, keep: int) -> None:
+        """Append the records at the head of the queue: while more than ``keep`` wait, and those already done."""
+        while self._queue:
+            record, copy, future = self._queue[0]
+            if len(self._queue) <= keep and not (future.done() and (copy is None or copy.future.done())):
+                return
+            try:
+                hashes = future.result()
+                if copy is not None:
+                    copy.future.result()
+            except Exception:
+                self._failed = True  # nothing after a failed record is recorded, as in a serial run
+                raise
+            self._queue.popleft()
+            self._append(record, copy, hashes)
+
+    def _append(self, record: dict[str, Any], copy: NormalCopy | None, hashes: tuple[str, str]) -> None:
+        if copy is not None:
+            record = {**record, "source": copy.relative, "source_sha256": copy.future.result()}
+        record = {**record, "image_sha256": hashes[0], "mask_sha256": hashes[1]}
         line = (json.dumps(record) + "\n").encode()
         descriptor = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(descriptor, line)  # one write of one line: concurrent ranks never interleave on a local disk
         finally:
             os.close(descriptor)
-        return record
+
+    def _write_files(self, record: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> tuple[str, str]:
+        """Encode, write and hash a record's image and mask (on a writer thread); returns their sha256."""
+        image_data, mask_data = png_bytes(image), png_bytes(mask)
+        _write_file(image_path(self.output, record["defect"], record["id"]), image_data)
+        _write_file(mask_path(self.output, record["defect"], record["id"]), mask_data)
+        return sha256_bytes(image_data), sha256_bytes(mask_data)
+
+    def _write_copy(self, path: Path, array: np.ndarray) -> str:
+        """Encode and (unless that file is already there) write a resized normal image; returns its sha256."""
+        data = png_bytes(array)
+        digest = sha256_bytes(data)
+        if not path.is_file() or sha256_bytes(path.read_bytes()) != digest:
+            _write_file(path, data)
+        return digest
 
     # ------------------------------------------------------------------------------------------------------------
     # After the work (one rank)

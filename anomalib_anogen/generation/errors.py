@@ -7,3 +7,7 @@ class AnogenInputError(ValueError):
 
 class BackboneNotFoundError(AnogenInputError):
     """A backbone that is neither built in, nor a local folder, nor in the Hugging Face cache."""
+
+
+class BankWriteError(AnogenInputError):
+    """A bank file could not be written (disk full, permissions): one line and exit 2; the bank stays resumable."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from anomalib_anogen.generation.bank_writer import WRITERS_MAX, NormalCopy
 from anomalib_anogen.generation.boxes import (
     AUTO_MARGIN,
     AUTO_MIN_COMPONENT,
@@ -353,6 +354,7 @@ def _check_options(
     if numbers["threads"] is not None:
         cpus = os.cpu_count() or 1
         check_number("threads", numbers["threads"], 1, cpus, integer=True, note="this machine's CPUs")
+    check_number("writers", numbers["writers"], 0, WRITERS_MAX, integer=True, note="0 or 1: no writer threads")
 
 
 def _check_for_model(model: Any, steps: int, resolution: int) -> None:
@@ -469,6 +471,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    writers: int = 2,
 ) -> Path:
     """Generate anomalies into normal images at sampled boxes and write an anomaly bank (AnoGen stage 2).
 
@@ -519,6 +522,9 @@ def generate(
         progress: Show a progress bar with images/s and ETA.
         threads: CPU threads for torch, 1 to the machine's CPUs (default: 1 for the tiny backbones and paste, else
             torch's default).
+        writers: Threads that PNG-encode, hash and write the bank's files while the next images are made, 0 to 32
+            (0 or 1: one after another in the generation loop). The same bank either way; not part of its
+            settings, so a --resume may use another value.
     """
     from anomalib_anogen.generation.bank_writer import BankLock, check_bank_output, check_target
 
@@ -536,6 +542,7 @@ def generate(
         "batch_size": batch_size,
         "threads": threads,
         "priors_margin": priors_margin,
+        "writers": writers,
     }
     if placement is None and not placement_foreground:
         raise AnogenInputError("--placement_foreground false applies only with --placement")
@@ -563,13 +570,15 @@ def generate(
         resized = [n for n in normals if n.size != (resolution, resolution)]
         if resized:
             sizes = sorted({f"{n.size[0]}x{n.size[1]}" for n in resized})
+            stretched = sum(n.size[0] != n.size[1] for n in resized)
             logger.warning(
-                "%d of %d normal images (%s) are resized to %dx%d; the bank records the resized copies in normal/",
+                "%d of %d normal images (%s) are resized to %dx%d%s; the bank records the resized copies in normal/",
                 len(resized),
                 len(normals),
                 ", ".join(sizes[:4]),
                 resolution,
                 resolution,
+                f" ({stretched} not square: stretched, the aspect ratio is not kept)" if stretched else "",
             )
         foreground_rule = resolve_rule(foreground, category)
         feather_px = float(feather) if feather is not None else max(1.0, resolution / 64)
@@ -628,7 +637,7 @@ def generate(
         with torch_threads(_cpu_threads(threads, backend, model)):
             return _run(
                 model, sources, items, priors_table, settings, output_path, mode, accelerator, devices, progress,
-                regions,
+                regions, writers,
             )  # fmt: skip
 
 
@@ -666,6 +675,7 @@ def _run(
     devices: int | str,
     progress: bool,
     placement: Placement | None = None,
+    writers: int = 0,
 ) -> Path:
     from lightning.fabric import Fabric
 
@@ -678,7 +688,7 @@ def _run(
     fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
     fabric.launch()
     order = {item.record_id: item.order for item in items}
-    writer = BankWriter(output, settings)
+    writer = BankWriter(output, settings, writers)
     if fabric.global_rank == 0:
         writer.prepare(mode, order)
     fabric.barrier()
@@ -693,6 +703,7 @@ def _run(
     cache = SourceCache(settings["resolution"], settings["foreground"], placement)
     bar = _bar(pending, progress, fabric.global_rank, fabric.world_size)
     start, written, fallbacks = time.perf_counter(), 0, 0
+    resolution = settings["resolution"]
     try:
         for chunk in mine:
             cache.forget_before(chunk[0].source.index)
@@ -701,12 +712,16 @@ def _run(
             for item, placed, (image, mask, extra) in zip(chunk, boxes, made, strict=True):
                 if item.record_id in done:
                     continue
-                record = _record(item, placed, settings, writer, cache, extra)
-                writer.write(record, image, mask)
+                resized = item.source.size != (resolution, resolution)
+                copy = writer.normal_copy(item.source.stem, cache.image(item.source)) if resized else None
+                record = _record(item, placed, settings, copy, extra)
+                writer.submit(record, image, mask, copy)  # encoded and written while the next images are made
                 fallbacks += int(record["box_fallback"])
                 written += 1
                 bar.update(1)
+        writer.drain()
     finally:
+        writer.close()  # the writer threads end (and stop writing) however the loop ends
         bar.close()
     seconds = time.perf_counter() - start
     if written:
@@ -766,17 +781,16 @@ def _record(
     item: WorkItem,
     placed: PlacedBox,
     settings: dict[str, Any],
-    writer: Any,
-    cache: SourceCache,
+    copy: NormalCopy | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """The manifest record (less the image and mask hashes, which the writer adds)."""
+    """The manifest record, less the image and mask hashes and a resized ``copy``'s hash, which the writer adds."""
     resolution = settings["resolution"]
-    if item.source.size == (resolution, resolution):
+    if copy is None:
         source, source_sha = str(item.source.path.resolve()), item.source.sha256
         original: dict[str, Any] = {}
     else:
-        source, source_sha = writer.normal_copy(item.source.stem, cache.image(item.source))
+        source, source_sha = copy.relative, None  # the copy's sha256 once it is written (BankWriter.submit)
         original = {"source_original": str(item.source.path.resolve()), "source_original_sha256": item.source.sha256}
     diffusion = settings["backend"] == "diffusion"
     return {
