@@ -404,7 +404,7 @@ def test_worker_ranks_neither_lock_nor_judge_the_bank(monkeypatch: pytest.Monkey
     from anomalib_anogen.generation.bank_writer import BankLock
 
     reached = []
-    monkeypatch.setattr(module, "_run", lambda *args: reached.append(args[6]))  # the mode handed to the run
+    monkeypatch.setattr(module, "run", lambda *args: reached.append(args[6]))  # the mode handed to the run
     options = {"backend": "paste", "support": str(SUPPORT_BOTTLE), "output": str(paste_bank), "max_images": 3, **FAST}
     monkeypatch.setenv("LOCAL_RANK", "1")
     with BankLock(paste_bank):  # rank 0's

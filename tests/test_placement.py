@@ -132,7 +132,7 @@ def test_bad_templates_are_refused_before_any_work(
 ) -> None:
     from anomalib_anogen.generation import generate as generate_module
 
-    monkeypatch.setattr(generate_module, "_run", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(generate_module, "run", lambda *a, **k: pytest.fail("work started"))
     good = {d: half(SIZE) for d in DEFECT_TYPES}
 
     def folder(name: str, masks: dict[str, np.ndarray]) -> Path:

@@ -8,13 +8,19 @@ clipped to the box, so the pixels outside the box stay the normal image's, bit f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from anomalib_anogen.generation.boxes import Box, composite
+from anomalib_anogen.generation.boxes import Box, PlacedBox, box_mask, composite, derived_seed
 from anomalib_anogen.generation.support import LoadedPair
+
+if TYPE_CHECKING:
+    from anomalib_anogen.generation.inputs import DefectSources
+    from anomalib_anogen.generation.run import SourceCache, WorkItem
 
 BLENDS = ("feather", "poisson")
 SCALE_RANGE = (0.7, 1.0)  # the defect's size relative to the box, per side
@@ -89,3 +95,22 @@ def _poisson(normal: np.ndarray, placed: np.ndarray, region: np.ndarray) -> np.n
     center = (x + w // 2, y + h // 2)  # seamlessClone puts the mask's bounding box at centre - size // 2
     cloned = cv2.seamlessClone(source, target, mask, center, cv2.NORMAL_CLONE)
     return cloned[pad:-pad, pad:-pad]
+
+
+class PasteMaker:
+    """Paste backend: one support anomaly per record, jittered from the record's seed."""
+
+    def __init__(self, sources: DefectSources, settings: dict[str, Any]) -> None:
+        self.cutouts = sources.cutouts
+        self.settings = settings
+
+    def make(
+        self, chunk: list[WorkItem], boxes: list[PlacedBox], cache: SourceCache
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+        for item, placed in zip(chunk, boxes, strict=True):
+            normal = cache.image(item.source)
+            mask = box_mask(placed.box, self.settings["resolution"])
+            rng = np.random.default_rng(derived_seed(self.settings["seed"], item.record_id))
+            image, cutout = paste(normal, placed.box, mask, self.cutouts[item.defect], rng, self.settings["blend"])
+            extra = {"support_image": str(cutout.source.pair.image.resolve()), "blend": self.settings["blend"]}
+            yield image, mask, extra

@@ -13,13 +13,20 @@ attention processor on torch 2).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from anomalib_anogen.generation.backbones import Backbone
+from anomalib_anogen.generation.boxes import PlacedBox, box_mask, composite, derived_seed, feather_alpha
+
+if TYPE_CHECKING:
+    from anomalib_anogen.generation.inputs import DefectSources, NormalImage
+    from anomalib_anogen.generation.run import SourceCache, WorkItem
 
 DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,3 +146,51 @@ class BlendedSampler:
     def _noised(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The normal latent noised to timestep ``t`` (the forward process q(z_t | z_0))."""
         return self.scheduler.add_noise(z0, noise, t.reshape(1).repeat(len(z0)).to(z0.device))
+
+
+class DiffusionMaker:
+    """Diffusion backend: one blended-DDIM call per chunk, normal latents encoded once per image."""
+
+    def __init__(self, model: Any, sources: DefectSources, settings: dict[str, Any], device: Any) -> None:
+        from anomalib_anogen.generation.embeddings import apply_embedding
+        from anomalib_anogen.generation.inputs import defect_tokens
+
+        model.to(device)
+        tokens = defect_tokens(sources)
+        for name in settings["defects"]:
+            apply_embedding(model, sources.embeddings[name], token=tokens[name])
+        self.model = model
+        self.settings = settings
+        self.sampler = BlendedSampler(model, settings["steps"], settings["guidance"], settings["precision"])
+        # One prompt per defect, embedded alone so that its states never depend on a batch.
+        self.prompts = {name: self.sampler.embed_prompts([tokens[name]]) for name in settings["defects"]}
+
+    def _latent(self, source: NormalImage, cache: SourceCache) -> Any:
+        if source.index not in cache.latents:
+            cache.latents[source.index] = self.sampler.encode(cache.image(source)[None])
+        return cache.latents[source.index]
+
+    def make(
+        self, chunk: list[WorkItem], boxes: list[PlacedBox], cache: SourceCache
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+
+        resolution = self.settings["resolution"]
+        masks = np.stack([box_mask(placed.box, resolution) for placed in boxes])
+        masked = None
+        if self.model.inpainting:  # the normal image with the box blanked, encoded per record
+            blanked = [
+                np.where(m[..., None] > 0, 127, cache.image(i.source)) for i, m in zip(chunk, masks, strict=True)
+            ]
+            masked = torch.cat([self.sampler.encode(b[None].astype(np.uint8)) for b in blanked])
+        batch = BoxBatch(
+            normal_latents=torch.cat([self._latent(item.source, cache) for item in chunk]),
+            latent_masks=self.sampler.latent_mask(masks),
+            prompt_embeds=torch.cat([self.prompts[item.defect] for item in chunk]),
+            seeds=[derived_seed(self.settings["seed"], item.record_id) for item in chunk],
+            masked_latents=masked,
+        )
+        decoded = self.sampler.decode(self.sampler.sample(batch))
+        for item, mask, image in zip(chunk, masks, decoded, strict=True):
+            if self.settings["keep_outside"]:
+                image = composite(cache.image(item.source), image, feather_alpha(mask, self.settings["feather"]))
+            yield image, mask, {}

@@ -1,0 +1,333 @@
+"""``anogen generate``'s inputs: normal images, what each defect is drawn from, box priors, the model, the options.
+
+Everything here runs before the bank is touched, so a bad input is an :class:`AnogenInputError` naming the file
+or option and nothing is written (docs/generate.md, "Bad input").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anomalib_anogen.generation.bank_writer import WRITERS_MAX
+from anomalib_anogen.generation.boxes import (
+    AUTO_MARGIN,
+    AUTO_MIN_COMPONENT,
+    DEFAULT_PRIORS,
+    BoxPrior,
+    derive_prior,
+    load_priors,
+)
+from anomalib_anogen.generation.checks import SEED_MAX, check_number
+from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generation.foreground import FOREGROUND_RULES
+from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_rgb, sha256_file
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("diffusion", "paste")
+PRECISIONS = ("auto", "32", "bf16", "fp16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
+TRIES_LIMIT = 10_000  # each try rasterises a box: more would stall a run on an object too small for its priors
+
+
+@dataclass(frozen=True)
+class NormalImage:
+    """A normal image of the work list: its file, content hash and size on disk."""
+
+    index: int
+    path: Path
+    sha256: str
+    size: tuple[int, int]
+
+    @property
+    def stem(self) -> str:
+        """The file name without suffix (part of every record id made from it)."""
+        return self.path.stem
+
+
+@dataclass
+class DefectSources:
+    """What the backend draws each defect from: embeddings (diffusion) or cut-out support anomalies (paste)."""
+
+    names: list[str]
+    embeddings: dict[str, Any] = field(default_factory=dict)
+    cutouts: dict[str, list[Any]] = field(default_factory=dict)
+    where: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def list_normals(folder: str | Path, max_images: int | None = None) -> list[NormalImage]:
+    """The normal images directly in ``folder`` (sorted by name), each decoded once so bad files fail now."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise AnogenInputError(f"{root}: normal image folder not found")
+    files = []
+    for path in sorted(root.iterdir()):
+        if path.is_dir() or is_ignored(path):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise AnogenInputError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        files.append(path)
+    if not files:
+        raise AnogenInputError(f"{root}: no normal images found")
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise AnogenInputError(f"{path}: same name as {stems[path.stem].name}; record ids would collide")
+        stems[path.stem] = path
+    files = files[:max_images] if max_images else files
+    return [NormalImage(i, p, sha256_file(p), load_rgb(p).size) for i, p in enumerate(files)]
+
+
+def discover_embeddings(folder: str | None) -> DefectSources:
+    from anomalib_anogen.generation.embeddings import is_finished, load_embedding
+
+    if folder is None:
+        raise AnogenInputError("--embeddings is required for --backend diffusion (or use --backend paste --support)")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise AnogenInputError(f"{root}: embeddings folder not found")
+    found = {p.name: load_embedding(p) for p in sorted(root.iterdir()) if p.is_dir() and is_finished(p)}
+    if not found:
+        raise AnogenInputError(f"{root}: no learned embeddings (expected <defect>/learned_embeds.safetensors)")
+    return DefectSources(names=sorted(found), embeddings=found, where=f"embedding in {root}")
+
+
+def discover_cutouts(folder: str | None) -> DefectSources:
+    from anomalib_anogen.generation.paste import cut
+    from anomalib_anogen.generation.support import discover_support, load_support
+
+    if folder is None:
+        raise AnogenInputError("--support is required for --backend paste")
+    found = discover_support(folder)
+    loaded = load_support(found)
+    cutouts = {defect: [cut(pair) for pair in pairs] for defect, pairs in loaded.items()}
+    return DefectSources(names=sorted(cutouts), cutouts=cutouts, where=f"support anomaly in {found.root}")
+
+
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
+def match_defects(
+    sources: DefectSources, priors: dict[str, BoxPrior], priors_name: str, wanted: list[str] | None
+) -> list[str]:
+    """The defect types to generate: those with both a prior and an embedding/support set, or a clear error."""
+    if wanted:
+        for defect in wanted:
+            if defect not in priors:
+                raise AnogenInputError(f"--defects {defect}: no box prior in {priors_name}")
+            if defect not in sources.names:
+                raise AnogenInputError(f"--defects {defect}: no {sources.where}")
+        return sorted(set(wanted))
+    no_source = sorted(set(priors) - set(sources.names))
+    if no_source:
+        raise AnogenInputError(
+            f"{priors_name} names defect(s) {', '.join(no_source)} without {_with_article(sources.where)} "
+            f"(have: {', '.join(sources.names)}); remove them from the priors or pass --defects"
+        )
+    no_prior = sorted(set(sources.names) - set(priors))
+    if no_prior:
+        raise AnogenInputError(
+            f"defect(s) {', '.join(no_prior)} have {_with_article(sources.where)} but no box prior in {priors_name} "
+            f"(it names: {', '.join(sorted(priors))}); add them or pass --defects"
+        )
+    return sorted(priors)
+
+
+@dataclass
+class Priors:
+    """The box priors of a run, what they are called in messages and, for derived ones, how they were derived."""
+
+    table: dict[str, BoxPrior]
+    category: str | None
+    name: str
+    derived: dict[str, Any] | None = None  # recorded in bank.json as settings["priors_auto"]
+
+
+def _shipped_category(category: str | None, normal: Path) -> str | None:
+    """The category of the shipped MVTec priors for this run, or ``None`` when they have none for it."""
+    import json
+
+    table = json.loads(DEFAULT_PRIORS.read_text())
+    if category is None:
+        category = next((part for part in reversed(normal.parts) if part in table), None)
+    return category if category in table else None
+
+
+def _support_masks(sources: DefectSources, support: str | None, backend: str) -> tuple[dict[str, list[Any]], Path]:
+    """Each defect's support pairs (decoded): the paste backend's own, or (diffusion) those of ``--support``."""
+    from anomalib_anogen.generation.support import discover_support, load_support
+
+    if backend == "paste":
+        pairs = {name: [c.source for c in cutouts] for name, cutouts in sources.cutouts.items()}
+        return pairs, Path(str(support)).expanduser()
+    if support is None:
+        raise AnogenInputError(
+            "--priors auto derives the box sizes from the support masks: pass --support (the folder given to "
+            "`anogen learn`), or a --priors file"
+        )
+    found = discover_support(support)
+    learned = [name for name in found.defects if name in sources.names]  # support folders without an embedding
+    found.pairs = {name: found.pairs[name] for name in learned}  # are not generated: no prior needed for them
+    return load_support(found), found.root
+
+
+def choose_priors(
+    priors: str | None,
+    category: str | None,
+    normal: Path,
+    sources: DefectSources,
+    support: str | None,
+    backend: str,
+    margin: float,
+    rotate: bool,
+) -> Priors:
+    """The shipped MVTec priors, a user's file, or priors derived from the support masks (``--priors auto``).
+
+    Without ``--priors``, a category that the shipped table does not have (or none found in the ``--normal``
+    path) falls back to ``auto``, with a log line; an explicit file always wins.
+    """
+    auto = priors == "auto"
+    if priors is None:
+        shipped = _shipped_category(category, normal)
+        if shipped is None:
+            what = f"category {category!r}" if category else f"{normal} (no MVTec category in the path)"
+            if backend == "diffusion" and support is None:
+                raise AnogenInputError(
+                    f"the shipped MVTec box priors have none for {what}: pass --priors FILE, or --priors auto with "
+                    "--support (the support set, whose masks give the box sizes)"
+                )
+            logger.info(
+                "the shipped MVTec box priors have none for %s: deriving them from the support masks (--priors auto)",
+                what,
+            )
+            auto = True
+        else:
+            category = shipped
+    if not auto and (margin != AUTO_MARGIN or not rotate):
+        raise AnogenInputError(
+            "--priors_margin and --priors_rotate apply to priors derived from the support masks (--priors auto) only"
+        )
+    if not auto:
+        table, found = load_priors(priors, category, normal)
+        name = str(Path(priors).expanduser()) if priors else "the MVTec priors (configs/anogen/mvtec_box_ranges.json)"
+        return Priors(table, found, name)
+    pairs, root = _support_masks(sources, support, backend)
+    table = {
+        defect: derive_prior([p.mask for p in loaded], margin, rotate, f"{root / defect}")
+        for defect, loaded in sorted(pairs.items())
+    }
+    for defect, prior in table.items():
+        logger.info(
+            "--priors auto: %s: width %.3f-%.3f, height %.3f-%.3f of the image side, rotate %s (from %d support masks)",
+            defect,
+            *prior.width,
+            *prior.height,
+            str(prior.rotate).lower(),
+            len(pairs[defect]),
+        )
+    derived = {
+        "margin": margin,
+        "rotate": rotate,
+        "min_component": AUTO_MIN_COMPONENT,
+        "masks": {d: [sha256_file(p.pair.mask) for p in loaded] for d, loaded in sorted(pairs.items())},
+    }
+    return Priors(table, category, f"the priors derived from the support masks in {root}", derived)
+
+
+def load_model(spec: str | None, revision: str | None, sources: DefectSources) -> Any:
+    """The backbone the embeddings were learned on (recorded in their metadata), checked by weight hash."""
+    from anomalib_anogen.generation.backbones import load_backbone
+
+    recorded = {name: (e.metadata.get("backbone") or {}) for name, e in sources.embeddings.items()}
+    ids = {str(info["id"]) for info in recorded.values() if info.get("id")}
+    if spec is None:
+        if len(ids) != 1:
+            found = ", ".join(sorted(ids)) or "none recorded"
+            raise AnogenInputError(f"pass --backbone: the embeddings do not name one backbone ({found})")
+        spec = ids.pop()
+    seeds = {info.get("seed") for info in recorded.values() if info.get("id") == spec and info.get("seed") is not None}
+    model = load_backbone(spec, revision=revision, seed=int(seeds.pop()) if len(seeds) == 1 else 0)
+    for name, info in recorded.items():
+        expected = info.get("weights_sha256")
+        if expected and expected != model.fingerprint():
+            raise AnogenInputError(
+                f"{sources.embeddings[name].path}: learned on backbone {info.get('id')!r} with other weights "
+                f"than --backbone {spec!r}; generate with the backbone it was learned on"
+            )
+    return model
+
+
+def defect_tokens(sources: DefectSources) -> dict[str, str]:
+    """One distinct token per defect (released embeddings all use ``*``; those are renamed per defect)."""
+    tokens = {name: sources.embeddings[name].token for name in sources.names}
+    counts: dict[str, int] = {}
+    for token in tokens.values():
+        counts[token] = counts.get(token, 0) + 1
+    return {name: token if counts[token] == 1 else f"<anogen-{name}>" for name, token in tokens.items()}
+
+
+def check_options(
+    backend: str,
+    blend: str,
+    foreground: str,
+    precision: str,
+    accelerator: str,
+    devices: int | str,
+    numbers: dict[str, Any],
+) -> None:
+    """Choices and numeric ranges, before any work and before any output exists (see docs/generate.md)."""
+    if backend not in BACKENDS:
+        raise AnogenInputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    from anomalib_anogen.generation.paste import BLENDS
+
+    if blend not in BLENDS:
+        raise AnogenInputError(f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})")
+    if foreground not in FOREGROUND_RULES:
+        raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})")
+    if precision not in PRECISIONS:
+        raise AnogenInputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if accelerator not in ACCELERATORS:
+        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+    if devices != "auto":
+        check_number("devices", devices, 1, integer=True, note="or auto for every GPU")
+    check_number("per_image", numbers["per_image"], 1, integer=True)
+    # more samples per box than --per_image is allowed: every record of an image and defect then shares one box
+    check_number("samples_per_box", numbers["samples_per_box"], 1, integer=True)
+    check_number("steps", numbers["steps"], 1, integer=True)  # the backbone's maximum is checked once it is loaded
+    check_number("guidance", numbers["guidance"], 1, note="1 turns guidance off, the paper uses 10")
+    if numbers["feather"] is not None:
+        check_number("feather", numbers["feather"], 0, note="pixels inside the box edge, 0 for a hard edge")
+    if numbers["resolution"] is not None:
+        check_number("resolution", numbers["resolution"], MIN_RESOLUTION, MAX_RESOLUTION, integer=True)
+    check_number("min_foreground", numbers["min_foreground"], 0, 1, note="a share of the box")
+    check_number("max_tries", numbers["max_tries"], 1, TRIES_LIMIT, integer=True)
+    check_number("seed", numbers["seed"], 0, SEED_MAX, integer=True)
+    if numbers["max_images"] is not None:
+        check_number("max_images", numbers["max_images"], 1, integer=True, note="or leave it out for every image")
+    check_number("batch_size", numbers["batch_size"], 1, integer=True)
+    check_number("priors_margin", numbers["priors_margin"], 0, 10, note="a share added to the measured box sizes")
+    if numbers["threads"] is not None:
+        cpus = os.cpu_count() or 1
+        check_number("threads", numbers["threads"], 1, cpus, integer=True, note="this machine's CPUs")
+    check_number("writers", numbers["writers"], 0, WRITERS_MAX, integer=True, note="0 or 1: no writer threads")
+
+
+def check_for_model(model: Any, steps: int, resolution: int) -> None:
+    """The ranges that depend on the backbone: DDIM steps and the VAE's downsampling factor."""
+    limit = int(model.noise_scheduler.config.num_train_timesteps)
+    check_number("steps", steps, 1, limit, integer=True, note=f"the training timesteps of backbone {model.spec}")
+    factor = model.vae_scale_factor
+    if resolution % factor:
+        raise AnogenInputError(
+            f"--resolution must be a multiple of {factor}, the VAE factor of backbone {model.spec} (got {resolution})"
+        )
