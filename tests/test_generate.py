@@ -448,3 +448,27 @@ def test_bottle_config_runs_with_the_paste_backend(tmp_path: Path, monkeypatch: 
     args = ["generate", "--config", str(config), "--backend", "paste", "--output", str(output)]
     assert cli_main([*args, "--max_images", "1", "--per_image", "1", "--progress", "false"]) == 0
     assert len(load_bank(output)) == len(DEFECTS)
+
+
+# The keys of bank.json's settings before GenerateSettings existed (a dict built in generate()); a bank made
+# without --priors auto and --placement must keep exactly these, or banks made before would not --resume.
+OLD_COMMON_KEYS = {
+    "backend", "normal", "sources", "sources_sha256", "defects", "priors", "foreground", "min_foreground",
+    "max_tries", "per_image", "samples_per_box", "resolution", "seed", "keep_outside", "feather",
+}  # fmt: skip
+OLD_DIFFUSION_KEYS = {
+    "backbone", "backbone_sha256", "embeddings", "steps", "guidance", "eta", "batch_size", "precision",
+}  # fmt: skip
+OLD_PASTE_KEYS = {"support", "blend"}
+
+
+def test_typed_settings_write_the_settings_of_older_banks(paste_bank: Path, diffusion_bank: Path) -> None:
+    from anomalib_anogen.generation.bank_writer import settings_sha256
+    from anomalib_anogen.generation.settings import GenerateSettings
+
+    for bank, extra in ((paste_bank, OLD_PASTE_KEYS), (diffusion_bank, OLD_DIFFUSION_KEYS)):
+        summary = json.loads((bank / "bank.json").read_text())
+        assert set(summary["settings"]) == OLD_COMMON_KEYS | extra
+        typed = GenerateSettings(**summary["settings"])
+        assert typed.to_json() == summary["settings"]
+        assert settings_sha256(typed.to_json()) == summary["settings_sha256"]

@@ -37,6 +37,7 @@ from anomalib_anogen.generation.inputs import (
 )
 from anomalib_anogen.generation.placement import load_placement
 from anomalib_anogen.generation.run import cpu_threads, is_first_process, run, wants_cuda, work_list
+from anomalib_anogen.generation.settings import GenerateSettings
 from anomalib_anogen.generation.support import sha256_file
 from anomalib_anogen.generation.threads import torch_threads
 
@@ -189,16 +190,14 @@ def generate(
                 resolution,
                 f" ({stretched} not square: stretched, the aspect ratio is not kept)" if stretched else "",
             )
-        foreground_rule = resolve_rule(foreground, category)
-        feather_px = float(feather) if feather is not None else max(1.0, resolution / 64)
-        settings: dict[str, Any] = {
+        common: dict[str, Any] = {
             "backend": backend,
             "normal": str(normal_root),
             "sources": len(normals),
             "sources_sha256": [n.sha256 for n in normals],
             "defects": names,
             "priors": {name: priors_table[name].describe() for name in names},
-            "foreground": foreground_rule,
+            "foreground": resolve_rule(foreground, category),
             "min_foreground": min_foreground,
             "max_tries": max_tries,
             "per_image": per_image,
@@ -206,19 +205,18 @@ def generate(
             "resolution": resolution,
             "seed": seed,
             "keep_outside": keep_outside,
-            "feather": feather_px,
+            "feather": float(feather) if feather is not None else max(1.0, resolution / 64),
+            "priors_auto": chosen.derived,
+            "placement": regions.describe() if regions is not None else None,
         }
-        # Only when used, so that a bank made before these options keeps its settings (and --resume works).
-        if chosen.derived is not None:
-            settings["priors_auto"] = chosen.derived
-        if regions is not None:
-            settings["placement"] = regions.describe()
         if model is not None:
             import torch
 
             from anomalib_anogen.generation.sampling import resolve_precision
 
-            settings.update(
+            device = torch.device("cuda" if wants_cuda(accelerator) else "cpu")
+            settings = GenerateSettings(
+                **common,
                 backbone=model.spec,
                 backbone_sha256=model.fingerprint(),
                 embeddings={name: sha256_file(sources.embeddings[name].path) for name in names},
@@ -226,21 +224,18 @@ def generate(
                 guidance=guidance,
                 eta=0.0,
                 batch_size=batch_size,
-                precision=resolve_precision(precision, torch.device("cuda" if wants_cuda(accelerator) else "cpu")),
+                precision=resolve_precision(precision, device),
             )
         else:
-            settings.update(
-                support={
-                    name: [
-                        [sha256_file(c.source.pair.image), sha256_file(c.source.pair.mask)]
-                        for c in sources.cutouts[name]
-                    ]
-                    for name in names
-                },
-                blend=blend,
-            )
+            support_files = {
+                name: [
+                    [sha256_file(c.source.pair.image), sha256_file(c.source.pair.mask)] for c in sources.cutouts[name]
+                ]
+                for name in names
+            }
+            settings = GenerateSettings(**common, support=support_files, blend=blend)
         # Workers never prepare the bank.
-        mode = check_bank_output(output_path, settings, resume, overwrite) if first else "worker"
+        mode = check_bank_output(output_path, settings.to_json(), resume, overwrite) if first else "worker"
         items = work_list(normals, names, per_image, samples_per_box)
         with torch_threads(cpu_threads(threads, backend, model)):
             return run(

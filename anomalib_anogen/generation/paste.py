@@ -21,6 +21,7 @@ from anomalib_anogen.generation.support import LoadedPair
 if TYPE_CHECKING:
     from anomalib_anogen.generation.inputs import DefectSources
     from anomalib_anogen.generation.run import SourceCache, WorkItem
+    from anomalib_anogen.generation.settings import GenerateSettings
 
 BLENDS = ("feather", "poisson")
 SCALE_RANGE = (0.7, 1.0)  # the defect's size relative to the box, per side
@@ -100,7 +101,7 @@ def _poisson(normal: np.ndarray, placed: np.ndarray, region: np.ndarray) -> np.n
 class PasteMaker:
     """Paste backend: one support anomaly per record, jittered from the record's seed."""
 
-    def __init__(self, sources: DefectSources, settings: dict[str, Any]) -> None:
+    def __init__(self, sources: DefectSources, settings: GenerateSettings) -> None:
         self.cutouts = sources.cutouts
         self.settings = settings
 
@@ -109,8 +110,8 @@ class PasteMaker:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
         for item, placed in zip(chunk, boxes, strict=True):
             normal = cache.image(item.source)
-            mask = box_mask(placed.box, self.settings["resolution"])
-            rng = np.random.default_rng(derived_seed(self.settings["seed"], item.record_id))
-            image, cutout = paste(normal, placed.box, mask, self.cutouts[item.defect], rng, self.settings["blend"])
-            extra = {"support_image": str(cutout.source.pair.image.resolve()), "blend": self.settings["blend"]}
+            mask = box_mask(placed.box, self.settings.resolution)
+            rng = np.random.default_rng(derived_seed(self.settings.seed, item.record_id))
+            image, cutout = paste(normal, placed.box, mask, self.cutouts[item.defect], rng, self.settings.blend)
+            extra = {"support_image": str(cutout.source.pair.image.resolve()), "blend": self.settings.blend}
             yield image, mask, extra

@@ -23,6 +23,7 @@ from anomalib_anogen.generation.boxes import BoxPrior, PlacedBox, box_mask, deri
 from anomalib_anogen.generation.foreground import foreground_mask
 from anomalib_anogen.generation.inputs import DefectSources, NormalImage
 from anomalib_anogen.generation.placement import Placement
+from anomalib_anogen.generation.settings import GenerateSettings
 from anomalib_anogen.generation.support import load_rgb
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def run(
     sources: DefectSources,
     items: list[WorkItem],
     priors: dict[str, BoxPrior],
-    settings: dict[str, Any],
+    settings: GenerateSettings,
     output: Path,
     mode: str,
     accelerator: str,
@@ -143,13 +144,13 @@ def run(
 
     from anomalib_anogen.generation.learn import _plan_devices
 
-    batch = settings.get("batch_size") or 1
+    batch = settings.batch_size or 1
     chunks = chunks_of(items, batch)
     kind, count = _plan_devices(accelerator, devices, len(chunks)) if model is not None else ("cpu", 1)
     fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
     fabric.launch()
     order = {item.record_id: item.order for item in items}
-    writer = BankWriter(output, settings, writers)
+    writer = BankWriter(output, settings.to_json(), writers)
     if fabric.global_rank == 0:
         writer.prepare(mode, order)
     fabric.barrier()
@@ -164,10 +165,10 @@ def run(
         from anomalib_anogen.generation.paste import PasteMaker
 
         maker = PasteMaker(sources, settings)
-    cache = SourceCache(settings["resolution"], settings["foreground"], placement)
+    cache = SourceCache(settings.resolution, settings.foreground, placement)
     bar = _bar(pending, progress, fabric.global_rank, fabric.world_size)
     start, written, fallbacks = time.perf_counter(), 0, 0
-    resolution = settings["resolution"]
+    resolution = settings.resolution
     try:
         for chunk in mine:
             cache.forget_before(chunk[0].source.index)
@@ -197,7 +198,7 @@ def run(
     fabric.barrier()
     if fabric.global_rank == 0:
         records = writer.finish(order)
-        logger.info("%s: bank of %d records (%s)", output, len(records), ", ".join(settings["defects"]))
+        logger.info("%s: bank of %d records (%s)", output, len(records), ", ".join(settings.defects))
     return output
 
 
@@ -208,22 +209,22 @@ def _bar(total: int, enabled: bool, rank: int, world: int) -> Any:
     return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True, disable=not enabled, position=rank)
 
 
-def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settings: dict[str, Any]) -> PlacedBox:
+def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settings: GenerateSettings) -> PlacedBox:
     """The record's box: shared by the samples of one box, drawn from (seed, image, defect, box index)."""
     box_index = item.box_index
     key = (item.source.index, item.defect, box_index)
     if key not in cache.boxes:
-        rng = np.random.default_rng(derived_seed(settings["seed"], "box", item.source.stem, item.defect, box_index))
+        rng = np.random.default_rng(derived_seed(settings.seed, "box", item.source.stem, item.defect, box_index))
         placed = sample_box(
             priors[item.defect],
-            settings["resolution"],
+            settings.resolution,
             cache.region(item.source, item.defect),
             rng,
-            settings["min_foreground"],
-            settings["max_tries"],
+            settings.min_foreground,
+            settings.max_tries,
         )
         if cache.placement is not None:  # accepted on the placement region; the foreground share is recorded too
-            inside = box_mask(placed.box, settings["resolution"]) > 0
+            inside = box_mask(placed.box, settings.resolution) > 0
             share = float(cache.object_mask(item.source)[inside].mean())
             placed = replace(placed, foreground=share, placement=placed.foreground)
         if placed.fallback:
@@ -232,9 +233,9 @@ def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settin
                 item.source.path.name,
                 item.defect,
                 box_index,
-                100 * settings["min_foreground"],
+                100 * settings.min_foreground,
                 "on the placement region" if cache.placement is not None else "foreground",
-                settings["max_tries"],
+                settings.max_tries,
                 100 * (placed.placement if placed.placement is not None else placed.foreground),
             )
         cache.boxes[key] = placed
@@ -244,19 +245,18 @@ def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settin
 def _record(
     item: WorkItem,
     placed: PlacedBox,
-    settings: dict[str, Any],
+    settings: GenerateSettings,
     copy: NormalCopy | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest record, less the image and mask hashes and a resized ``copy``'s hash, which the writer adds."""
-    resolution = settings["resolution"]
+    resolution = settings.resolution
     if copy is None:
         source, source_sha = str(item.source.path.resolve()), item.source.sha256
         original: dict[str, Any] = {}
     else:
         source, source_sha = copy.relative, None  # the copy's sha256 once it is written (BankWriter.submit)
         original = {"source_original": str(item.source.path.resolve()), "source_original_sha256": item.source.sha256}
-    diffusion = settings["backend"] == "diffusion"
     return {
         "id": item.record_id,
         "defect": item.defect,
@@ -270,22 +270,22 @@ def _record(
         "box_tries": placed.tries,
         "box_fallback": placed.fallback,
         **_placement_fields(item, placed, settings),
-        "seed": settings["seed"],
-        "record_seed": derived_seed(settings["seed"], item.record_id),
-        "backend": settings["backend"],
-        "backbone": settings.get("backbone"),
-        "embedding_sha256": settings["embeddings"][item.defect] if diffusion else None,
-        "steps": settings["steps"] if diffusion else None,
-        "guidance": settings["guidance"] if diffusion else None,
-        "keep_outside": settings["keep_outside"],
+        "seed": settings.seed,
+        "record_seed": derived_seed(settings.seed, item.record_id),
+        "backend": settings.backend,
+        "backbone": settings.backbone,
+        "embedding_sha256": settings.embeddings[item.defect] if settings.embeddings else None,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "keep_outside": settings.keep_outside,
         "resolution": resolution,
         **extra,
     }
 
 
-def _placement_fields(item: WorkItem, placed: PlacedBox, settings: dict[str, Any]) -> dict[str, Any]:
+def _placement_fields(item: WorkItem, placed: PlacedBox, settings: GenerateSettings) -> dict[str, Any]:
     """With --placement: the template a record's box was placed on and the box's share on the placement region."""
-    if "placement" not in settings:
+    if settings.placement is None:
         return {}
-    template = settings["placement"]["templates"][item.defect]["file"]
+    template = settings.placement["templates"][item.defect]["file"]
     return {"placement": template, "placement_fraction": round(float(placed.placement or 0.0), 4)}

@@ -27,6 +27,7 @@ from anomalib_anogen.generation.boxes import PlacedBox, box_mask, composite, der
 if TYPE_CHECKING:
     from anomalib_anogen.generation.inputs import DefectSources, NormalImage
     from anomalib_anogen.generation.run import SourceCache, WorkItem
+    from anomalib_anogen.generation.settings import GenerateSettings
 
 DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -151,19 +152,19 @@ class BlendedSampler:
 class DiffusionMaker:
     """Diffusion backend: one blended-DDIM call per chunk, normal latents encoded once per image."""
 
-    def __init__(self, model: Any, sources: DefectSources, settings: dict[str, Any], device: Any) -> None:
+    def __init__(self, model: Any, sources: DefectSources, settings: GenerateSettings, device: Any) -> None:
         from anomalib_anogen.generation.embeddings import apply_embedding
         from anomalib_anogen.generation.inputs import defect_tokens
 
         model.to(device)
         tokens = defect_tokens(sources)
-        for name in settings["defects"]:
+        for name in settings.defects:
             apply_embedding(model, sources.embeddings[name], token=tokens[name])
         self.model = model
         self.settings = settings
-        self.sampler = BlendedSampler(model, settings["steps"], settings["guidance"], settings["precision"])
+        self.sampler = BlendedSampler(model, settings.steps, settings.guidance, settings.precision)
         # One prompt per defect, embedded alone so that its states never depend on a batch.
-        self.prompts = {name: self.sampler.embed_prompts([tokens[name]]) for name in settings["defects"]}
+        self.prompts = {name: self.sampler.embed_prompts([tokens[name]]) for name in settings.defects}
 
     def _latent(self, source: NormalImage, cache: SourceCache) -> Any:
         if source.index not in cache.latents:
@@ -174,7 +175,7 @@ class DiffusionMaker:
         self, chunk: list[WorkItem], boxes: list[PlacedBox], cache: SourceCache
     ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
 
-        resolution = self.settings["resolution"]
+        resolution = self.settings.resolution
         masks = np.stack([box_mask(placed.box, resolution) for placed in boxes])
         masked = None
         if self.model.inpainting:  # the normal image with the box blanked, encoded per record
@@ -186,11 +187,11 @@ class DiffusionMaker:
             normal_latents=torch.cat([self._latent(item.source, cache) for item in chunk]),
             latent_masks=self.sampler.latent_mask(masks),
             prompt_embeds=torch.cat([self.prompts[item.defect] for item in chunk]),
-            seeds=[derived_seed(self.settings["seed"], item.record_id) for item in chunk],
+            seeds=[derived_seed(self.settings.seed, item.record_id) for item in chunk],
             masked_latents=masked,
         )
         decoded = self.sampler.decode(self.sampler.sample(batch))
         for item, mask, image in zip(chunk, masks, decoded, strict=True):
-            if self.settings["keep_outside"]:
-                image = composite(cache.image(item.source), image, feather_alpha(mask, self.settings["feather"]))
+            if self.settings.keep_outside:
+                image = composite(cache.image(item.source), image, feather_alpha(mask, self.settings.feather))
             yield image, mask, {}
