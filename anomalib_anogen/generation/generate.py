@@ -44,6 +44,7 @@ from anomalib_anogen.generation.boxes import (
     sample_box,
 )
 from anomalib_anogen.generation.checks import SEED_MAX, check_number
+from anomalib_anogen.generation.devices import check_precision
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.placement import Placement, load_placement
 from anomalib_anogen.generation.support import IMAGE_SUFFIXES, _is_ignored, load_rgb, sha256_file
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("diffusion", "paste")
 FOREGROUNDS = ("auto", "otsu", "all")
-PRECISIONS = ("auto", "32", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
 TRIES_LIMIT = 10_000  # each try rasterises a box: more would stall a run on an object too small for its priors
@@ -326,8 +326,7 @@ def _check_options(
         raise AnogenInputError(f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})")
     if foreground not in FOREGROUNDS:
         raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUNDS)} (got {foreground!r})")
-    if precision not in PRECISIONS:
-        raise AnogenInputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    check_precision(precision)
     if accelerator not in ACCELERATORS:
         raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
     if devices != "auto":
@@ -513,7 +512,8 @@ def generate(
         seed: Seed of every box, noise and jitter, 0 to 2**32 - 1 (each record's derives from it and its id).
         max_images: Only the first N >= 1 normal images (by name).
         batch_size: Records per UNet call (the same --batch_size is needed for a byte-identical --resume).
-        precision: auto (bf16, else fp16 on GPU; fp32 on CPU) | 32 | bf16 | fp16.
+        precision: auto (fp16 on a GPU, diffusers' convention: bf16's rounding is amplified by the guidance
+            scale, see docs/benchmarks.md bench_precision; fp32 on a CPU) | 32 | bf16 | fp16; a CPU always runs fp32.
         accelerator: auto | cpu | gpu | cuda.
         devices: GPUs to split the work list over, >= 1 (auto: all).
         resume: Continue an interrupted bank with the same settings.
@@ -600,7 +600,7 @@ def generate(
         if model is not None:
             import torch
 
-            from anomalib_anogen.generation.sampling import resolve_precision
+            from anomalib_anogen.generation.devices import resolve_precision
             from anomalib_anogen.generation.support import sha256_file as file_sha
 
             settings.update(

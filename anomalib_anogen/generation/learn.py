@@ -134,7 +134,8 @@ def learn(
         token: Placeholder token; {defect} is replaced by the defect name.
         init_word: Word whose embedding initialises the token (must be one token).
         hflip_p: Probability of a horizontal flip in [0, 1], applied to image and mask together.
-        precision: auto (bf16, else fp16 autocast on GPU; fp32 on CPU) | 32 | bf16 | fp16.
+        precision: auto (bf16 autocast on a GPU, fp16 with a gradient scaler where bf16 is missing; fp32 on a
+            CPU) | 32 | bf16 | fp16; a CPU always trains in fp32.
         accelerator: auto | cpu | gpu.
         devices: GPUs to spread the defects over, 1 or more (auto: all, at most one per defect).
         overwrite: Replace finished embeddings in --output (refused otherwise).

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 from anomalib_anogen.generation.backbones import Backbone
+from anomalib_anogen.generation.devices import autocast_dtype, check_precision, resolve_precision
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.support import LoadedPair
 
@@ -111,8 +112,7 @@ class LearnConfig:
             raise AnogenInputError(f"--hflip_p must lie in [0, 1] (got {self.hflip_p})")
         if not 0 <= self.seed <= MAX_SEED:
             raise AnogenInputError(f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})")
-        if self.precision not in {"auto", "32", "bf16", "fp16"}:
-            raise AnogenInputError(f"--precision must be auto, 32, bf16 or fp16 (got {self.precision})")
+        check_precision(self.precision)
         if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
             raise AnogenInputError(
                 f"--resolution must be a multiple of 8 in [8, {MAX_RESOLUTION}], or null for the backbone's native "
@@ -166,14 +166,6 @@ class PlaceholderEmbedding(nn.Module):
             hit = (input_ids == self.token_ids[index]).unsqueeze(-1)
             out = torch.where(hit, self.vectors[index].to(out.dtype), out)
         return out
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if device.type != "cuda":
-        return "32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
 
 
 def _pixels(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -343,12 +335,12 @@ def learn_embedding(
     """Learn one defect's token on ``backbone`` (already on ``device``) from its support ``pairs``."""
     config.validate()
     device = device if device is not None else backbone.device
-    precision = _resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, training=True)
     module = MaskedTextualInversion(backbone, pairs, token, config, device)
     initial = module.learned_vector()
     lr = config.effective_lr()
     optimizer = torch.optim.AdamW([module.placeholder.vectors], lr=lr, weight_decay=config.weight_decay)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
     order = _order(module.cache.count, config.steps, config.batch_size, generator)
@@ -419,7 +411,7 @@ def evaluate_loss(
     chunk = min(8, draws)
     batches = math.ceil(draws / chunk)
     order = _order(module.cache.count, batches, chunk, generator)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_resolve_precision(config.precision, module.device_))
+    dtype = autocast_dtype(resolve_precision(config.precision, module.device_, training=True))
     module.install()
     try:
         values = []
