@@ -14,6 +14,7 @@ bit-identical by construction (and the tests check it).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -34,7 +35,12 @@ from anomalib_anogen.generation.support import LoadedPair
 
 logger = logging.getLogger(__name__)
 
-# The prompt templates of the LDM textual-inversion code that AnoGen trains with (imagenet_templates_small).
+# The prompt templates AnoGen learns with: the authors' ``imagenet_templates_small``
+# (gaobb/AnoGen ``DIFFUSION/ldm/data/personalized.py``, which ``txt2img-1p4B-finetune.yaml`` trains with), all 81
+# entries in their order, duplicates included: three blocks of 27, "a photo of ...", then the same with
+# "an illustration of ..." and "a depiction of ..." in place of "a photo of" (every other template repeats
+# in each block, so those are drawn three times as often; 57 distinct). A training step draws one uniformly,
+# as the authors' ``random.choice`` does. The original textual-inversion code's list is the first block.
 TEMPLATES = (
     "a photo of a {}",
     "a rendering of a {}",
@@ -63,6 +69,60 @@ TEMPLATES = (
     "a photo of the large {}",
     "a photo of a cool {}",
     "a photo of a small {}",
+    "an illustration of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "an illustration of a clean {}",
+    "an illustration of a dirty {}",
+    "a dark photo of the {}",
+    "an illustration of my {}",
+    "an illustration of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "an illustration of the {}",
+    "a good photo of the {}",
+    "an illustration of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "an illustration of the clean {}",
+    "a rendition of a {}",
+    "an illustration of a nice {}",
+    "a good photo of a {}",
+    "an illustration of the nice {}",
+    "an illustration of the small {}",
+    "an illustration of the weird {}",
+    "an illustration of the large {}",
+    "an illustration of a cool {}",
+    "an illustration of a small {}",
+    "a depiction of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a depiction of a clean {}",
+    "a depiction of a dirty {}",
+    "a dark photo of the {}",
+    "a depiction of my {}",
+    "a depiction of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a depiction of the {}",
+    "a good photo of the {}",
+    "a depiction of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a depiction of the clean {}",
+    "a rendition of a {}",
+    "a depiction of a nice {}",
+    "a good photo of a {}",
+    "a depiction of the nice {}",
+    "a depiction of the small {}",
+    "a depiction of the weird {}",
+    "a depiction of the large {}",
+    "a depiction of a cool {}",
+    "a depiction of a small {}",
 )
 
 
@@ -166,6 +226,12 @@ class PlaceholderEmbedding(nn.Module):
             hit = (input_ids == self.token_ids[index]).unsqueeze(-1)
             out = torch.where(hit, self.vectors[index].to(out.dtype), out)
         return out
+
+
+def templates_sha256(templates: tuple[str, ...] | None = None) -> str:
+    """sha256 of the prompt templates (one per line, in order): learn's metadata records it, and a resume checks it."""
+    listed = TEMPLATES if templates is None else templates
+    return hashlib.sha256("\n".join(listed).encode("utf-8")).hexdigest()
 
 
 def _pixels(image: Image.Image, resolution: int) -> torch.Tensor:
