@@ -186,10 +186,10 @@ def unet_seconds(config: dict[str, Any], batch: int, resolution: int, factor: in
     import torch
     from diffusers import UNet2DConditionModel
 
-    from anomalib_anogen.generation.sampling import DTYPES, resolve_precision
+    from anomalib_anogen.generation.devices import dtype_of, resolve_precision
 
     device = torch.device(args.device)
-    dtype = DTYPES[resolve_precision(args.precision, device)]
+    dtype = dtype_of(resolve_precision(args.precision, device))
     threads = torch.get_num_threads()
     if device.type == "cpu" and args.backbone in {"tiny", "tiny-ldm"}:
         torch.set_num_threads(1)  # as generate runs the tiny backbones
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from anomalib_anogen.generation.sampling import resolve_precision
+    from anomalib_anogen.generation.devices import resolve_precision
 
     diffusers_logging.set_verbosity_error()  # no "cast with to()" advice for the timed UNet
 

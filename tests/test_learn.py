@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from anomalib_anogen.generation import textual_inversion
 from anomalib_anogen.generation.backbones import build_tiny, build_tiny_ldm
 from anomalib_anogen.generation.embeddings import (
     EMBEDDING_FILE,
@@ -24,7 +25,13 @@ from anomalib_anogen.generation.embeddings import (
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.learn import import_embedding, learn
 from anomalib_anogen.generation.support import discover_support, load_support, sha256_file
-from anomalib_anogen.generation.textual_inversion import LearnConfig, evaluate_loss, learn_embedding
+from anomalib_anogen.generation.textual_inversion import (
+    TEMPLATES,
+    LearnConfig,
+    evaluate_loss,
+    learn_embedding,
+    templates_sha256,
+)
 
 from .conftest import (
     RELEASED_EMBEDDINGS,
@@ -401,6 +408,43 @@ def test_rerun_keeps_finished_defects_and_learns_the_rest(
     assert all((output / d / EMBEDDING_FILE).stat().st_ino != inodes[d] for d in inodes)
     assert crack.read_bytes() != first
     assert sorted(p.name for p in output.iterdir()) == ["crack", "hole", "stain"]
+
+
+def test_prompt_templates_are_the_authors_81_in_their_order() -> None:
+    """gaobb/AnoGen ``DIFFUSION/ldm/data/personalized.py`` ``imagenet_templates_small``, pinned by its sha256."""
+    assert len(TEMPLATES) == 81 and len(set(TEMPLATES)) == 57
+    assert all(template.count("{}") == 1 for template in TEMPLATES)
+    assert TEMPLATES[0] == "a photo of a {}" and TEMPLATES[27] == "an illustration of a {}"
+    assert TEMPLATES[54] == "a depiction of a {}" and TEMPLATES[-1] == "a depiction of a small {}"
+    assert templates_sha256() == "9492b607526eaaaefe38c5f4dabd0f5ca492456e6e8437ff1870590754628d7a"
+
+
+def test_rerun_refuses_embeddings_learned_with_other_prompt_templates(
+    tmp_path: Path, support: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out"
+    learn(support=str(support), output=str(output), defects=["crack"], **FAST)
+    meta_file = output / "crack" / METADATA_FILE
+    recorded = json.loads(meta_file.read_text())["prompt_templates"]
+    assert (recorded["count"], recorded["distinct"], recorded["sha256"]) == (81, 57, templates_sha256())
+    assert learn(support=str(support), output=str(output), defects=["crack"], **FAST) == []  # the same: kept
+
+    with monkeypatch.context() as patch:  # the original textual-inversion code's 27
+        patch.setattr(textual_inversion, "TEMPLATES", TEMPLATES[:27])
+        with pytest.raises(
+            AnogenInputError,
+            match=r"crack: learned with other settings than this run \(prompt templates \(learned with 81 templates, "
+            r"sha256 9492b607526e\.\.\.; now 27 templates, sha256 [0-9a-f]{12}\.\.\.\)\).*--overwrite",
+        ):
+            learn(support=str(support), output=str(output), defects=["crack"], **FAST)
+
+    meta = json.loads(meta_file.read_text())
+    del meta["prompt_templates"]  # an embedding learned before the templates were recorded (with the first 27)
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(AnogenInputError, match=r"prompt templates \(learned with an anogen that did not record"):
+        learn(support=str(support), output=str(output), defects=["crack"], **FAST)
+    written = learn(support=str(support), output=str(output), defects=["crack"], overwrite=True, **FAST)
+    assert json.loads((written[0] / METADATA_FILE).read_text())["prompt_templates"]["sha256"] == templates_sha256()
 
 
 def test_rerun_refuses_a_damaged_or_foreign_finished_embedding(tmp_path: Path, support: Path) -> None:

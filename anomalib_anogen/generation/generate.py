@@ -126,7 +126,8 @@ def generate(
         seed: Seed of every box, noise and jitter, 0 to 2**32 - 1 (each record's derives from it and its id).
         max_images: Only the first N >= 1 normal images (by name).
         batch_size: Records per UNet call (the same --batch_size is needed for a byte-identical --resume).
-        precision: auto (bf16, else fp16 on GPU; fp32 on CPU) | 32 | bf16 | fp16.
+        precision: auto (fp16 on a GPU, diffusers' convention: bf16's rounding is amplified by the guidance
+            scale, see docs/benchmarks.md bench_precision; fp32 on a CPU) | 32 | bf16 | fp16; a CPU always runs fp32.
         accelerator: auto | cpu | gpu | cuda.
         devices: GPUs to split the work list over, >= 1 (auto: all).
         resume: Continue an interrupted bank with the same settings.
@@ -212,7 +213,7 @@ def generate(
         if model is not None:
             import torch
 
-            from anomalib_anogen.generation.sampling import resolve_precision
+            from anomalib_anogen.generation.devices import resolve_precision
 
             device = torch.device("cuda" if wants_cuda(accelerator) else "cpu")
             settings = GenerateSettings(

@@ -22,6 +22,7 @@ from anomalib_anogen.generation.boxes import (
     load_priors,
 )
 from anomalib_anogen.generation.checks import SEED_MAX, check_number
+from anomalib_anogen.generation.devices import check_precision
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.foreground import FOREGROUND_RULES
 from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_rgb, sha256_file
@@ -29,7 +30,6 @@ from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("diffusion", "paste")
-PRECISIONS = ("auto", "32", "bf16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
 TRIES_LIMIT = 10_000  # each try rasterises a box: more would stall a run on an object too small for its priors
@@ -294,8 +294,7 @@ def check_options(
         raise AnogenInputError(f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})")
     if foreground not in FOREGROUND_RULES:
         raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})")
-    if precision not in PRECISIONS:
-        raise AnogenInputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    check_precision(precision)
     if accelerator not in ACCELERATORS:
         raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
     if devices != "auto":

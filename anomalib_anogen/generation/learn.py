@@ -134,7 +134,8 @@ def learn(
         token: Placeholder token; {defect} is replaced by the defect name.
         init_word: Word whose embedding initialises the token (must be one token).
         hflip_p: Probability of a horizontal flip in [0, 1], applied to image and mask together.
-        precision: auto (bf16, else fp16 autocast on GPU; fp32 on CPU) | 32 | bf16 | fp16.
+        precision: auto (bf16 autocast on a GPU, fp16 with a gradient scaler where bf16 is missing; fp32 on a
+            CPU) | 32 | bf16 | fp16; a CPU always trains in fp32.
         accelerator: auto | cpu | gpu.
         devices: GPUs to spread the defects over, 1 or more (auto: all, at most one per defect).
         overwrite: Replace finished embeddings in --output (refused otherwise).
@@ -143,8 +144,8 @@ def learn(
             ops are too small to split across threads, else torch's default).
 
     A rerun into the same --output keeps each finished defect learned with the same settings (checked: the
-    embedding's sha256, every hyper-parameter, the support files' content, the backbone's weights) and learns
-    the others; other settings are refused unless --overwrite, which relearns every defect.
+    embedding's sha256, every hyper-parameter, the prompt templates, the support files' content, the backbone's
+    weights) and learns the others; other settings are refused unless --overwrite, which relearns every defect.
 
     Returns:
         The defect folders this run wrote (kept defects are logged, not returned).
@@ -203,6 +204,7 @@ def _planned_metadata(
         "defect": defect,
         "token": token_for(token_template, defect),
         "init_word": config.init_word,
+        "prompt_templates": _templates_record(),
         "hyperparameters": {
             **config_dict(config),
             "token_template": token_template,
@@ -214,6 +216,18 @@ def _planned_metadata(
     }
 
 
+def _templates_record() -> dict[str, Any]:
+    """The prompt templates a run learns with (``textual_inversion.TEMPLATES``): count, sha256 and source."""
+    from anomalib_anogen.generation.textual_inversion import TEMPLATES, templates_sha256
+
+    return {
+        "count": len(TEMPLATES),
+        "distinct": len(set(TEMPLATES)),
+        "sha256": templates_sha256(),
+        "source": "imagenet_templates_small of gaobb/AnoGen DIFFUSION/ldm/data/personalized.py",
+    }
+
+
 # Settings known only once the backbone is loaded: compared then, before the first training step.
 _BACKBONE_SETTINGS = ("backbone", "resolution")
 
@@ -221,8 +235,9 @@ _BACKBONE_SETTINGS = ("backbone", "resolution")
 def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
     """What makes a finished embedding the one this run would learn, from its metadata.
 
-    Every hyper-parameter, the token, the support files by relative name and content, and the backbone's
-    weights; not where the support folder or the backbone lie.
+    Every hyper-parameter, the token, the prompt templates (by sha256; None before they were recorded), the
+    support files by relative name and content, and the backbone's weights; not where the support folder or
+    the backbone lie.
     """
     hyper = metadata.get("hyperparameters") or {}
     support = metadata.get("support") or {}
@@ -234,6 +249,7 @@ def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
     return {
         **settings,
         "token": metadata.get("token"),
+        "prompt templates": (metadata.get("prompt_templates") or {}).get("sha256"),
         "support files": files,
         "shots": support.get("shots"),
         "selection_seed": support.get("selection_seed"),
@@ -266,6 +282,17 @@ def _refuse_if_different(folder: Path, old: dict[str, Any], new: dict[str, Any],
             continue
         if key == "support files":
             changed.append(_support_changes(before.get(key) or [], now[key]))
+        elif key == "prompt templates":
+            was, now_templates = old.get("prompt_templates") or {}, new.get("prompt_templates") or {}
+            learned = (
+                f"{was.get('count')} templates, sha256 {str(before.get(key))[:12]}..."
+                if before.get(key)
+                else "an anogen that did not record them: the first 27 of the authors' 81"
+            )
+            changed.append(
+                f"prompt templates (learned with {learned}; now {now_templates.get('count')} templates, "
+                f"sha256 {str(now[key])[:12]}...)"
+            )
         elif key == "backbone":
             recorded = (old.get("backbone") or {}).get("id")
             changed.append(
@@ -351,6 +378,7 @@ def _learn_on_rank(
             "defect": defect,
             "token": plan["token"],
             "init_word": plan["init_word"],
+            "prompt_templates": plan["prompt_templates"],
             "embedding_shape": list(result.vector.shape),
             "backbone": described,
             "hyperparameters": {**plan["hyperparameters"], "lr_effective": result.lr, "resolution": result.resolution},

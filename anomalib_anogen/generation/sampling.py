@@ -7,8 +7,9 @@ outside the box *is* the normal image's latent.
 
 For speed, every call denoises a whole batch of boxes (of any images and defects) in one UNet call per step
 (conditional and unconditional halves together), normal latents are encoded once per image by the caller,
-and on a GPU the models run in fp16/bf16 with PyTorch's scaled-dot-product attention (diffusers' default
-attention processor on torch 2).
+and on a GPU the models run in fp16 (``--precision auto``, see ``devices.py``) with PyTorch's
+scaled-dot-product attention (diffusers' default attention processor on torch 2); the scheduler, the
+guidance sum and the blending stay in fp32.
 """
 
 from __future__ import annotations
@@ -23,22 +24,12 @@ import torch.nn.functional as F  # noqa: N812
 
 from anomalib_anogen.generation.backbones import Backbone
 from anomalib_anogen.generation.boxes import PlacedBox, box_mask, composite, derived_seed, feather_alpha
+from anomalib_anogen.generation.devices import dtype_of, resolve_precision
 
 if TYPE_CHECKING:
     from anomalib_anogen.generation.inputs import DefectSources, NormalImage
     from anomalib_anogen.generation.run import SourceCache, WorkItem
     from anomalib_anogen.generation.settings import GenerateSettings
-
-DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 (else fp16) on a GPU, fp32 on a CPU, where half precision is slow and inexact."""
-    if device.type != "cuda":
-        return "32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
 
 
 @dataclass
@@ -63,7 +54,7 @@ class BlendedSampler:
         self.backbone = backbone
         self.device = backbone.device
         self.precision = resolve_precision(precision, self.device)
-        self.dtype = DTYPES[self.precision]
+        self.dtype = dtype_of(self.precision)
         if self.dtype != torch.float32:
             for module in (backbone.unet, backbone.vae, backbone.text_encoder):
                 module.to(self.dtype)

@@ -14,6 +14,7 @@ bit-identical by construction (and the tests check it).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -28,12 +29,18 @@ from PIL import Image
 from torch import nn
 
 from anomalib_anogen.generation.backbones import Backbone
+from anomalib_anogen.generation.devices import autocast_dtype, check_precision, resolve_precision
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.support import LoadedPair
 
 logger = logging.getLogger(__name__)
 
-# The prompt templates of the LDM textual-inversion code that AnoGen trains with (imagenet_templates_small).
+# The prompt templates AnoGen learns with: the authors' ``imagenet_templates_small``
+# (gaobb/AnoGen ``DIFFUSION/ldm/data/personalized.py``, which ``txt2img-1p4B-finetune.yaml`` trains with), all 81
+# entries in their order, duplicates included: three blocks of 27, "a photo of ...", then the same with
+# "an illustration of ..." and "a depiction of ..." in place of "a photo of" (every other template repeats
+# in each block, so those are drawn three times as often; 57 distinct). A training step draws one uniformly,
+# as the authors' ``random.choice`` does. The original textual-inversion code's list is the first block.
 TEMPLATES = (
     "a photo of a {}",
     "a rendering of a {}",
@@ -62,6 +69,60 @@ TEMPLATES = (
     "a photo of the large {}",
     "a photo of a cool {}",
     "a photo of a small {}",
+    "an illustration of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "an illustration of a clean {}",
+    "an illustration of a dirty {}",
+    "a dark photo of the {}",
+    "an illustration of my {}",
+    "an illustration of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "an illustration of the {}",
+    "a good photo of the {}",
+    "an illustration of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "an illustration of the clean {}",
+    "a rendition of a {}",
+    "an illustration of a nice {}",
+    "a good photo of a {}",
+    "an illustration of the nice {}",
+    "an illustration of the small {}",
+    "an illustration of the weird {}",
+    "an illustration of the large {}",
+    "an illustration of a cool {}",
+    "an illustration of a small {}",
+    "a depiction of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a depiction of a clean {}",
+    "a depiction of a dirty {}",
+    "a dark photo of the {}",
+    "a depiction of my {}",
+    "a depiction of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a depiction of the {}",
+    "a good photo of the {}",
+    "a depiction of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a depiction of the clean {}",
+    "a rendition of a {}",
+    "a depiction of a nice {}",
+    "a good photo of a {}",
+    "a depiction of the nice {}",
+    "a depiction of the small {}",
+    "a depiction of the weird {}",
+    "a depiction of the large {}",
+    "a depiction of a cool {}",
+    "a depiction of a small {}",
 )
 
 
@@ -111,8 +172,7 @@ class LearnConfig:
             raise AnogenInputError(f"--hflip_p must lie in [0, 1] (got {self.hflip_p})")
         if not 0 <= self.seed <= MAX_SEED:
             raise AnogenInputError(f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})")
-        if self.precision not in {"auto", "32", "bf16", "fp16"}:
-            raise AnogenInputError(f"--precision must be auto, 32, bf16 or fp16 (got {self.precision})")
+        check_precision(self.precision)
         if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
             raise AnogenInputError(
                 f"--resolution must be a multiple of 8 in [8, {MAX_RESOLUTION}], or null for the backbone's native "
@@ -168,12 +228,10 @@ class PlaceholderEmbedding(nn.Module):
         return out
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if device.type != "cuda":
-        return "32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
+def templates_sha256(templates: tuple[str, ...] | None = None) -> str:
+    """sha256 of the prompt templates (one per line, in order): learn's metadata records it, and a resume checks it."""
+    listed = TEMPLATES if templates is None else templates
+    return hashlib.sha256("\n".join(listed).encode("utf-8")).hexdigest()
 
 
 def _pixels(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -343,12 +401,12 @@ def learn_embedding(
     """Learn one defect's token on ``backbone`` (already on ``device``) from its support ``pairs``."""
     config.validate()
     device = device if device is not None else backbone.device
-    precision = _resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, training=True)
     module = MaskedTextualInversion(backbone, pairs, token, config, device)
     initial = module.learned_vector()
     lr = config.effective_lr()
     optimizer = torch.optim.AdamW([module.placeholder.vectors], lr=lr, weight_decay=config.weight_decay)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
     order = _order(module.cache.count, config.steps, config.batch_size, generator)
@@ -419,7 +477,7 @@ def evaluate_loss(
     chunk = min(8, draws)
     batches = math.ceil(draws / chunk)
     order = _order(module.cache.count, batches, chunk, generator)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_resolve_precision(config.precision, module.device_))
+    dtype = autocast_dtype(resolve_precision(config.precision, module.device_, training=True))
     module.install()
     try:
         values = []

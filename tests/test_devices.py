@@ -1,0 +1,85 @@
+"""``--precision``: one resolution for generate (sampling) and learn (training), checked without a GPU.
+
+``torch.cuda.is_bf16_supported`` is mocked, and a CUDA *device object* needs no GPU, so every branch runs on
+any machine.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalib_anogen.generation import devices, sampling, textual_inversion
+from anomalib_anogen.generation.devices import (
+    PRECISIONS,
+    autocast_dtype,
+    check_precision,
+    dtype_of,
+    resolve_precision,
+)
+from anomalib_anogen.generation.errors import AnogenInputError
+
+PACKAGE = Path(devices.__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=[True, False], ids=["gpu-with-bf16", "gpu-without-bf16"])
+def bf16_support(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "meta"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("training", [False, True])
+def test_anything_but_cuda_runs_in_fp32(device: object, precision: str, training: bool) -> None:
+    assert resolve_precision(precision, device, training=training) == "32"
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda", 0)])
+def test_sampling_auto_is_fp16_on_any_gpu(device: object, bf16_support: bool) -> None:
+    assert resolve_precision("auto", device) == "fp16"
+
+
+def test_training_auto_is_bf16_where_the_gpu_has_it_else_fp16(bf16_support: bool) -> None:
+    assert resolve_precision("auto", "cuda", training=True) == ("bf16" if bf16_support else "fp16")
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16", "fp16"])
+@pytest.mark.parametrize("training", [False, True])
+def test_an_explicit_precision_is_kept_on_a_gpu(precision: str, training: bool, bf16_support: bool) -> None:
+    assert resolve_precision(precision, "cuda", training=training) == precision
+
+
+@pytest.mark.parametrize("precision", ["16", "fp32", "half", "AUTO", ""])
+def test_an_unknown_precision_is_an_input_error(precision: str) -> None:
+    with pytest.raises(AnogenInputError, match=r"--precision must be one of auto, 32, bf16 or fp16 \(got "):
+        check_precision(precision)
+    with pytest.raises(AnogenInputError, match="--precision"):
+        resolve_precision(precision, "cpu")
+
+
+def test_dtypes() -> None:
+    assert [dtype_of(p) for p in ("32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
+    assert [autocast_dtype(p) for p in ("32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+
+
+def test_the_resolution_lives_in_one_place() -> None:
+    """The sampler and learn use devices' function; no other module decides on bf16."""
+    assert sampling.resolve_precision is devices.resolve_precision
+    assert textual_inversion.resolve_precision is devices.resolve_precision
+    elsewhere = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "devices.py" and "is_bf16_supported" in path.read_text()
+    ]
+    assert elsewhere == []
+
+
+def test_the_sampler_on_a_cpu_runs_fp32_whatever_is_asked() -> None:
+    from anomalib_anogen.generation.backbones import build_tiny
+
+    backbone = build_tiny(0)
+    for precision in PRECISIONS:
+        sampler = sampling.BlendedSampler(backbone, steps=2, guidance=2.0, precision=precision)
+        assert (sampler.precision, sampler.dtype) == ("32", torch.float32)
+    assert next(backbone.unet.parameters()).dtype == torch.float32
