@@ -83,3 +83,38 @@ def test_the_sampler_on_a_cpu_runs_fp32_whatever_is_asked() -> None:
         sampler = sampling.BlendedSampler(backbone, steps=2, guidance=2.0, precision=precision)
         assert (sampler.precision, sampler.dtype) == ("32", torch.float32)
     assert next(backbone.unet.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 4])
+@pytest.mark.parametrize("devices_option", ["auto", 1, 3])
+def test_plan_devices_uses_at_most_the_gpus_there_are_and_the_work_there_is(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, devices_option: int | str
+) -> None:
+    from anomalib_anogen.generation.devices import plan_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    for units in (1, 2, 5):
+        kind, count = plan_devices("auto", devices_option, units)
+        if gpus == 0:
+            assert (kind, count) == ("cpu", 1)
+        else:
+            wanted = gpus if devices_option == "auto" else devices_option
+            assert kind == "cuda" and count == max(1, min(wanted, gpus, units))
+    assert plan_devices("cpu", devices_option, 5) == ("cpu", 1)
+    if gpus == 0:
+        with pytest.raises(AnogenInputError, match="--accelerator gpu: no CUDA device"):
+            plan_devices("gpu", devices_option, 5)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_every_chunk_goes_to_exactly_one_rank(world: int) -> None:
+    from anomalib_anogen.generation.inputs import NormalImage
+    from anomalib_anogen.generation.run import chunks_for_rank, chunks_of, work_list
+
+    normals = [NormalImage(i, Path(f"{i:03d}.png"), "0" * 64, (8, 8)) for i in range(5)]
+    chunks = chunks_of(work_list(normals, ["crack", "stain"], 4, 2), 3)
+    mine = [chunks_for_rank(chunks, rank, world) for rank in range(world)]
+    ids = [item.record_id for rank in mine for chunk in rank for item in chunk]
+    assert sorted(ids) == sorted(item.record_id for chunk in chunks for item in chunk)
+    assert len(ids) == len(set(ids)) == 5 * 2 * 4

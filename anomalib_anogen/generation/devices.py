@@ -1,4 +1,4 @@
-"""Numeric precision of the frozen backbone: the one table of dtypes and what ``--precision`` resolves to.
+"""Where the backbone runs and in which precision: the accelerator checks, device planning and the dtype table.
 
 ``anogen generate`` (``sampling.BlendedSampler``) and ``anogen learn`` (``textual_inversion``) both take
 ``--precision auto | 32 | bf16 | fp16`` and resolve it here, each for its own use:
@@ -27,6 +27,7 @@ from anomalib_anogen.generation.errors import AnogenInputError
 if TYPE_CHECKING:  # torch is imported when a precision is resolved, not when an option is checked
     import torch
 
+ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("auto", "32", "bf16", "fp16")
 # A resolved precision -> the name of its torch dtype.
 DTYPES: dict[str, str] = {"32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -69,3 +70,32 @@ def resolve_precision(precision: str, device: torch.device | str, training: bool
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision, or None for ``32`` (autocast off)."""
     return None if precision == "32" else dtype_of(precision)
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Refuse an ``--accelerator`` that is none of :data:`ACCELERATORS` (an input error, exit code 2)."""
+    if accelerator not in ACCELERATORS:
+        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+
+
+def wants_cuda(accelerator: str) -> bool:
+    """Whether ``--accelerator`` runs on a CUDA GPU here (auto: when one is available)."""
+    import torch
+
+    return accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available()
+
+
+def plan_devices(accelerator: str, devices: int | str, units: int) -> tuple[str, int]:
+    """Accelerator and device count for Lightning Fabric.
+
+    Several GPUs only when there are several units of work (defect types for learn, chunks for generate).
+    """
+    import torch
+
+    if wants_cuda(accelerator):
+        available = torch.cuda.device_count()
+        wanted = available if devices == "auto" else int(devices)
+        return "cuda", max(1, min(wanted, available, units))
+    if accelerator in {"gpu", "cuda"}:
+        raise AnogenInputError(f"--accelerator {accelerator}: no CUDA device is available")
+    return "cpu", 1

@@ -36,7 +36,7 @@ from anomalib_anogen.generation.inputs import (
     match_defects,
 )
 from anomalib_anogen.generation.placement import load_placement
-from anomalib_anogen.generation.run import cpu_threads, is_first_process, run, wants_cuda, work_list
+from anomalib_anogen.generation.run import cpu_threads, is_first_process, run, work_list
 from anomalib_anogen.generation.settings import GenerateSettings
 from anomalib_anogen.generation.support import sha256_file
 from anomalib_anogen.generation.threads import torch_threads
@@ -213,7 +213,7 @@ def generate(
         if model is not None:
             import torch
 
-            from anomalib_anogen.generation.devices import resolve_precision
+            from anomalib_anogen.generation.devices import resolve_precision, wants_cuda
 
             device = torch.device("cuda" if wants_cuda(accelerator) else "cpu")
             settings = GenerateSettings(

@@ -22,7 +22,7 @@ from anomalib_anogen.generation.boxes import (
     load_priors,
 )
 from anomalib_anogen.generation.checks import SEED_MAX, check_number
-from anomalib_anogen.generation.devices import check_precision
+from anomalib_anogen.generation.devices import check_accelerator, check_precision
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.foreground import FOREGROUND_RULES
 from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_rgb, sha256_file
@@ -30,7 +30,6 @@ from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("diffusion", "paste")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
 TRIES_LIMIT = 10_000  # each try rasterises a box: more would stall a run on an object too small for its priors
 
@@ -295,8 +294,7 @@ def check_options(
     if foreground not in FOREGROUND_RULES:
         raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})")
     check_precision(precision)
-    if accelerator not in ACCELERATORS:
-        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+    check_accelerator(accelerator)
     if devices != "auto":
         check_number("devices", devices, 1, integer=True, note="or auto for every GPU")
     check_number("per_image", numbers["per_image"], 1, integer=True)

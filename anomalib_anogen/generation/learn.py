@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalib_anogen import __version__
+from anomalib_anogen.generation.devices import check_accelerator, plan_devices
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.support import LoadedPair, SupportSet, discover_support, load_support, sha256_file
 from anomalib_anogen.generation.threads import torch_threads
@@ -63,31 +64,14 @@ def _support_record(support: SupportSet, pairs: list[LoadedPair]) -> dict[str, A
     return record
 
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-
-
 def _check_run_options(accelerator: str, devices: int | str, threads: int | None) -> None:
     """Refuse run options out of range (the hyper-parameters are LearnConfig.validate's)."""
-    if accelerator not in ACCELERATORS:
-        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+    check_accelerator(accelerator)
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise AnogenInputError(f"--devices must be auto or a number of GPUs, 1 or more (got {devices!r})")
     cores = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cores:
         raise AnogenInputError(f"--threads must lie in [1, {cores}], the CPU cores of this machine (got {threads})")
-
-
-def _plan_devices(accelerator: str, devices: int | str, defects: int) -> tuple[str, int]:
-    """Accelerator and device count: several GPUs only when there are several defects to spread."""
-    import torch
-
-    if accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available():
-        available = torch.cuda.device_count()
-        wanted = available if devices == "auto" else int(devices)
-        return "cuda", max(1, min(wanted, available, defects))
-    if accelerator in {"gpu", "cuda"}:
-        raise AnogenInputError(f"--accelerator {accelerator}: no CUDA device is available")
-    return "cpu", 1
 
 
 def learn(
@@ -176,7 +160,7 @@ def learn(
     planned = {name: _planned_metadata(name, token, config, found, loaded[name]) for name in names}
     kept = {name: _check_kept(output_path / name, planned[name]) for name in finished}
     todo = [name for name in names if name not in kept]
-    kind, count = _plan_devices(accelerator, devices, max(1, len(todo)))
+    kind, count = plan_devices(accelerator, devices, max(1, len(todo)))
     cpu_threads = (
         (threads or 1) if kind == "cpu" and (threads is not None or backbone in {"tiny", "tiny-ldm"}) else None
     )

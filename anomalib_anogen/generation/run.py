@@ -61,6 +61,11 @@ def chunks_of(items: list[WorkItem], size: int) -> list[list[WorkItem]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def chunks_for_rank(chunks: list[list[WorkItem]], rank: int, world_size: int) -> list[list[WorkItem]]:
+    """The chunks one of ``world_size`` processes makes: every ``world_size``-th from ``rank`` (each chunk once)."""
+    return chunks[rank::world_size]
+
+
 class SourceCache:
     """Normal images at the output size, their foreground and (diffusion) latent, kept while they are in use."""
 
@@ -113,12 +118,6 @@ def is_first_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def wants_cuda(accelerator: str) -> bool:
-    import torch
-
-    return accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available()
-
-
 def cpu_threads(threads: int | None, backend: str, model: Any) -> int | None:
     """One torch thread for ops too small to split (tiny backbones, paste) unless told otherwise."""
     if threads is not None or backend == "paste" or (model is not None and model.spec in {"tiny", "tiny-ldm"}):
@@ -142,11 +141,11 @@ def run(
 ) -> Path:
     from lightning.fabric import Fabric
 
-    from anomalib_anogen.generation.learn import _plan_devices
+    from anomalib_anogen.generation.devices import plan_devices
 
     batch = settings.batch_size or 1
     chunks = chunks_of(items, batch)
-    kind, count = _plan_devices(accelerator, devices, len(chunks)) if model is not None else ("cpu", 1)
+    kind, count = plan_devices(accelerator, devices, len(chunks)) if model is not None else ("cpu", 1)
     fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
     fabric.launch()
     order = {item.record_id: item.order for item in items}
@@ -155,7 +154,8 @@ def run(
         writer.prepare(mode, order)
     fabric.barrier()
     done = writer.done_ids()
-    mine = [c for c in chunks[fabric.global_rank :: fabric.world_size] if any(i.record_id not in done for i in c)]
+    assigned = chunks_for_rank(chunks, fabric.global_rank, fabric.world_size)
+    mine = [c for c in assigned if any(i.record_id not in done for i in c)]
     pending = sum(1 for c in mine for i in c if i.record_id not in done)
     if model is not None:
         from anomalib_anogen.generation.sampling import DiffusionMaker
