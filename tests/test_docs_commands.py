@@ -122,7 +122,8 @@ RULES: tuple[Rule, ...] = (
     ),
     # ---- anomalib: training (one step, then anomalib's test on the small view's test images)
     Rule(
-        r"anomalib train (--model DraemWeak --model\.generator anogen .*|--config configs/draem_weak_anogen\.yaml)",
+        r"anomalib train (--model DraemWeak --model\.generator anogen .*"
+        r"|--config configs/draem_weak\.yaml --config configs/anogen_bank\.yaml)",
         extra=DRAEM_8_4 + TRAIN_1_STEP,
         needs=("runs/bottle/bank",),
         makes=(DRAEM_CKPT,),

@@ -197,8 +197,7 @@ def test_foreground_of_the_bottle_is_the_bottle(rule: str) -> None:
 
 
 def test_shipped_priors_are_the_papers_with_booleans() -> None:
-    shipped = json.loads((REPO / "configs" / "anogen" / "mvtec_box_ranges.json").read_text())
-    assert shipped == json.loads(DEFAULT_PRIORS.read_text())
+    shipped = json.loads(DEFAULT_PRIORS.read_text())
     reference = SHARED / "anogen_reference" / "mvtec_box_ranges.json"
     if reference.is_file():
         original = json.loads(reference.read_text())

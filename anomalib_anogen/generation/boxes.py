@@ -24,7 +24,7 @@ from anomalib_anogen.generation.errors import AnogenInputError
 
 logger = logging.getLogger(__name__)
 
-# The paper's MVTec AD priors, shipped with the package (configs/anogen/mvtec_box_ranges.json is the same file).
+# The paper's MVTec AD priors, shipped with the package.
 DEFAULT_PRIORS = Path(__file__).with_name("mvtec_box_ranges.json")
 MIN_FOREGROUND = 0.75
 MAX_TRIES = 100

@@ -100,7 +100,8 @@ def generate(
         support: Support folder for --backend paste (the layout of `anogen learn`).
         priors: Box-prior json, {category: {defect: [[w_min, w_max], [h_min, h_max], rotate]}} or {defect: ...};
             or auto: derived from the support masks (needs --support, also for the diffusion backend). Default:
-            the paper's MVTec priors (configs/anogen/mvtec_box_ranges.json), or auto for a category they lack.
+            the paper's MVTec priors (anomalib_anogen/generation/mvtec_box_ranges.json), or auto for a category
+            they lack.
         category: Category of the priors file (default: the part of the --normal path that the file names).
         priors_margin: --priors auto: the measured box sizes widened to [min / (1 + m), max * (1 + m)], >= 0.
         priors_rotate: --priors auto: boxes may be rotated (false: axis-aligned).

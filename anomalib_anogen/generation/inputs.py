@@ -218,7 +218,8 @@ def choose_priors(
         )
     if not auto:
         table, found = load_priors(priors, category, normal)
-        name = str(Path(priors).expanduser()) if priors else "the MVTec priors (configs/anogen/mvtec_box_ranges.json)"
+        shipped_name = "the shipped MVTec priors (anomalib_anogen/generation/mvtec_box_ranges.json)"
+        name = str(Path(priors).expanduser()) if priors else shipped_name
         return Priors(table, found, name)
     pairs, root = _support_masks(sources, support, backend)
     table = {
