@@ -157,6 +157,8 @@ def test_without_keep_outside_the_final_latent_outside_the_box_is_the_normal_lat
     assert torch.equal(final[outside], latent.repeat(2, 1, 1, 1)[outside])
     assert not torch.allclose(final[~outside], latent.repeat(2, 1, 1, 1)[~outside])
     assert torch.equal(sampler.sample(batch), final)  # seeded per item
+    alone = BoxBatch(latent, inside[1:], sampler.embed_prompts(["scratch"]), seeds=[2])
+    assert torch.allclose(sampler.sample(alone), final[1:], atol=1e-5)  # an item's noise is its own in any batch
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -100,15 +100,22 @@ class BlendedSampler:
 
     @torch.inference_mode()
     def sample(self, batch: BoxBatch) -> torch.Tensor:
-        """Final latents ``[B, C, h, w]`` (float32): generated inside the box, the normal latent outside."""
+        """Final latents ``[B, C, h, w]`` (float32): generated inside the box, the normal latent outside.
+
+        Adapted from diffusers' ``StableDiffusionInpaintPipeline.__call__``: its denoising loop (classifier-free
+        guidance on a doubled batch, one scheduler step per timestep) and, for a UNet with 4 input channels, its
+        blending of the known region (``init_latents_proper``: the normal latent noised to the next timestep
+        outside the mask); the noise comes from ``randn_tensor`` with one generator per item, as diffusers does.
+        """
+        from diffusers.utils.torch_utils import randn_tensor
+
         count = len(batch.seeds)
         z0 = batch.normal_latents.to(self.device, torch.float32)
         inside = batch.latent_masks.to(self.device)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch.seeds]
 
         def noise() -> torch.Tensor:  # per item, from its own generator: independent of the batch it runs in
-            draws = [torch.randn(z0.shape[1:], generator=g, dtype=torch.float32) for g in generators]
-            return torch.stack(draws).to(self.device)
+            return randn_tensor(tuple(z0.shape), generator=generators, device=self.device, dtype=torch.float32)
 
         timesteps = self.scheduler.timesteps
         guided = self.guidance != 1.0
