@@ -173,8 +173,6 @@ def apply_embedding(backbone: Any, embedding: Embedding, token: str | None = Non
     A token that the vocabulary already holds (the released files' ``*``) has its row overwritten, as the
     authors' LDM code did; a new token gets new rows appended to the table.
     """
-    from torch import nn
-
     token = token or embedding.token
     vector = embedding.vector
     table = backbone.token_embedding()
@@ -190,12 +188,12 @@ def apply_embedding(backbone: Any, embedding: Embedding, token: str | None = Non
         backbone.tokenizer.add_tokens(new)
     ids = [int(backbone.tokenizer.convert_tokens_to_ids(name)) for name in names]
     if max(ids) >= table.num_embeddings:
-        grown = nn.Embedding(max(ids) + 1, table.weight.shape[1], device=table.weight.device, dtype=table.weight.dtype)
-        grown.weight.data[: table.num_embeddings] = table.weight.data
-        grown.requires_grad_(False)
-        backbone.set_token_embedding(grown)
-        backbone.text_encoder.config.vocab_size = grown.num_embeddings
-        table = grown
+        # transformers keeps the old rows and the config's vocab_size; the new rows' random start (overwritten
+        # below) must not move the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            backbone.text_encoder.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        table = backbone.token_embedding()
+        table.requires_grad_(False)
     with torch.no_grad():
         for row, token_id in enumerate(ids):
             table.weight[token_id] = vector[row].to(table.weight.device, table.weight.dtype)
