@@ -553,43 +553,45 @@ def resolve_backbone_folder(spec: str, revision: str | None = None) -> tuple[Pat
 
 
 def _load_from_folder(spec: str, folder: Path, source: str, revision: str | None) -> Backbone:
-    """Read the parts of an SD 1.x/2.x or LDM text-to-image pipeline folder (no safety checker, no extras)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    """Read an SD 1.x/2.x or LDM text-to-image pipeline folder with ``DiffusionPipeline.from_pretrained``.
+
+    diffusers picks the pipeline class from ``model_index.json``; the optional parts (safety checker, feature
+    extractor, image encoder) are not loaded. Any other pipeline (SDXL, SD3, ...) is refused.
+    """
+    from diffusers import DDPMScheduler, DiffusionPipeline
 
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise AnogenInputError(f"{folder / 'model_index.json'}: unreadable ({error})") from error
     class_name = str(index.get("_class_name", ""))
+    ldm = class_name == "LDMTextToImagePipeline" or "bert" in index
+    sd = "text_encoder" in index and "text_encoder_2" not in index and "unet" in index
+    if not (ldm or sd):
+        raise AnogenInputError(
+            f"{folder}: {class_name or 'this pipeline'} is not a Stable Diffusion 1.x/2.x or LDM text-to-image "
+            "pipeline (SDXL, SD3 and others are not supported)"
+        )
+    if ldm and index.get("vqvae", [None, None])[1] != "AutoencoderKL":
+        raise AnogenInputError(f"{folder}: only KL first stages are supported (vqvae is {index.get('vqvae')})")
+    optional = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder") if name in index}
+    from diffusers.utils import logging as diffusers_logging
+
+    shown = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar for a few local files
     try:
-        scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(folder, subfolder="scheduler"))
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-        if class_name == "LDMTextToImagePipeline" or "bert" in index:
-            from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertModel
-            from transformers import AutoTokenizer
-
-            if index.get("vqvae", [None, None])[1] != "AutoencoderKL":
-                raise AnogenInputError(f"{folder}: only KL first stages are supported (vqvae is {index.get('vqvae')})")
-            kind = "ldm"
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vqvae")
-            text_encoder = LDMBertModel.from_pretrained(folder / "bert")
-            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        elif "text_encoder" in index and "text_encoder_2" not in index and "unet" in index:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            kind = "sd"
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
-            tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        else:
-            raise AnogenInputError(
-                f"{folder}: {class_name or 'this pipeline'} is not a Stable Diffusion 1.x/2.x or LDM text-to-image "
-                "pipeline (SDXL, SD3 and others are not supported)"
-            )
-    except AnogenInputError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        pipeline = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **optional)
+        scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise AnogenInputError(f"{folder}: cannot load the backbone ({error})") from error
+    finally:
+        if shown:
+            diffusers_logging.enable_progress_bar()
+    kind = "ldm" if ldm else "sd"
+    unet = pipeline.unet
+    vae = pipeline.vqvae if ldm else pipeline.vae
+    text_encoder = pipeline.bert if ldm else pipeline.text_encoder
+    tokenizer = pipeline.tokenizer
     return Backbone(
         spec=spec,
         kind=kind,
