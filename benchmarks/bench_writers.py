@@ -78,7 +78,7 @@ def _child(normal: Path, output: Path, writers: int, args: Any, result: Path) ->
     from anomalib_anogen.generation.generate import generate
 
     handler = _LoopTime()
-    logger = logging.getLogger("anomalib_anogen.generation.generate")
+    logger = logging.getLogger("anomalib_anogen.generation.run")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)  # for the end-of-loop line; the root handler prints warnings only
     for root_handler in logging.getLogger().handlers:
@@ -150,7 +150,8 @@ def encode_hash_ms(bank: Path, repeats: int) -> float:
     import numpy as np
     from PIL import Image
 
-    from anomalib_anogen.generation.bank_writer import png_bytes, sha256_bytes
+    from anomalib_anogen.generation.bank_writer import png_bytes
+    from anomalib_anogen.generation.support import sha256_bytes
 
     record = json.loads((bank / "manifest.jsonl").read_text().splitlines()[0])
     image = np.asarray(Image.open(bank / "images" / record["defect"] / f"{record['id']}.png").convert("RGB"))

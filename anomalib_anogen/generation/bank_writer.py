@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -43,6 +42,7 @@ from PIL import Image
 from anomalib_anogen import __version__
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, image_path, mask_path
 from anomalib_anogen.generation.errors import AnogenInputError, BankWriteError
+from anomalib_anogen.generation.support import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

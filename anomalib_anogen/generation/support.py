@@ -80,6 +80,11 @@ class LoadedPair:
         return float(self.mask.mean())
 
 
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, streamed (support images are recorded by content, not by name)."""
     digest = hashlib.sha256()

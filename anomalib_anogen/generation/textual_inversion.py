@@ -14,7 +14,6 @@ bit-identical by construction (and the tests check it).
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ from torch import nn
 from anomalib_anogen.generation.backbones import Backbone
 from anomalib_anogen.generation.devices import autocast_dtype, check_precision, resolve_precision
 from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.support import LoadedPair
+from anomalib_anogen.generation.support import LoadedPair, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ class PlaceholderEmbedding(nn.Module):
 def templates_sha256(templates: tuple[str, ...] | None = None) -> str:
     """sha256 of the prompt templates (one per line, in order): learn's metadata records it, and a resume checks it."""
     listed = TEMPLATES if templates is None else templates
-    return hashlib.sha256("\n".join(listed).encode("utf-8")).hexdigest()
+    return sha256_bytes("\n".join(listed).encode("utf-8"))
 
 
 def _pixels(image: Image.Image, resolution: int) -> torch.Tensor:
