@@ -25,12 +25,18 @@ GPU: the paper's schedule (DRAEM 700 epochs = 18,900 steps of batch 8 on bottle'
 full widths, lr 1e-4; DeSTSeg 5,000 steps, 1,000 of them for the student), scaled down to fit
 ``--max_minutes`` when given (a short timed probe estimates the rate; the share run is printed).
 
+Learning curves (``--eval_every N``): every run is also evaluated on the test set every N steps (image
+AUROC/AP, pixel AUROC/AP/PRO, which need no threshold), the points are stored with the run, and ``--plot PNG``
+draws pixel AP, pixel PRO and image AUROC against steps for every row (the seeds' mean, their min-max as a
+band); the table then ends with each row's last point and its spread over the seeds.
+
 Resumable: each finished (model, seed) is stored in ``--workdir``/results.json under a key of
 every setting that affects it, and is skipped on a rerun with the same settings. Banks are kept in
 ``--workdir`` too; Engine logs and checkpoints go to a temporary folder.
 
     python benchmarks/bench_accuracy.py --json /tmp/bench_accuracy.json      # reduced CPU schedule
     python benchmarks/bench_accuracy.py --destseg_teacher weights/resnet18.pth --device cuda --max_minutes 25
+    python benchmarks/bench_accuracy.py --eval_every 25 --plot docs/img/accuracy_curves.png   # curves, CPU
     python benchmarks/bench_accuracy.py --smoke     # seconds-scale check of every code path (random teacher)
 """
 
@@ -92,6 +98,7 @@ SMOKE = {
     "destseg_steps": 2,
     "destseg_student_steps": 1,
     "paste_images": 4,
+    "eval_every": 1,  # the learning-curve path too
     "seeds": [0],
     "threads": 1,
     "workers": 0,
@@ -128,6 +135,13 @@ def parse_args(argv: list[str] | None) -> Any:
     p.add_argument("--diffusion_images", type=int, help="normal images of the diffusion bank (default: all)")
     p.add_argument("--ddim_steps", type=int, default=50, help="DDIM steps of the diffusion bank (paper: 50)")
     p.add_argument("--destseg_teacher", help="local ImageNet ResNet-18 weights for the DeSTSeg teacher")
+    p.add_argument(
+        "--eval_every",
+        type=int,
+        help="learning curves: evaluate image AUROC/AP and pixel AUROC/AP/PRO on the test set every N training "
+        "steps (and at the end) and record them per run",
+    )
+    p.add_argument("--plot", type=Path, help="with --eval_every: write the curves of every row as one PNG here")
     return p.parse_args(argv)
 
 
@@ -266,7 +280,7 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
     from anomalib_anogen.models import Destseg, DestsegWeak, DraemWeak
 
     size = (args.image_size, args.image_size)
-    common = {"evaluator": anogen_evaluator(), "visualizer": False}
+    common = {"evaluator": curve_evaluator() if args.eval_every else anogen_evaluator(), "visualizer": False}
     kind = row["kind"]
     if kind == "draem":
         model = Draem(dtd_dir=DTD, pre_processor=Draem.configure_pre_processor(size), **common)
@@ -303,6 +317,43 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
         seed_everything(seed, workers=True)
         model.model.load_state_dict(draem_network(args).state_dict())
     return model
+
+
+def curve_evaluator() -> Any:
+    """The plugin's test metrics, plus the threshold-free ones on every validation (the learning-curve points).
+
+    anomalib's MVTecAD validates on its test split, so a validation is a test of the model at that step. AUROC,
+    AP and PRO do not depend on the post-processor's normalisation, which is only final after the last one.
+    """
+    from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator
+
+    from anomalib_anogen.metrics import anogen_evaluator
+
+    val_metrics = [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+    ]
+    return Evaluator(val_metrics=val_metrics, test_metrics=list(anogen_evaluator().test_metrics))
+
+
+def curve_recorder() -> Any:
+    """A Lightning callback that keeps the validation metrics at each evaluated step (``.points``)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class CurveRecorder(Callback):
+        def __init__(self) -> None:
+            self.points: list[dict[str, float]] = []
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            found = trainer.callback_metrics
+            point = {name: float(found[name]) for name in METRICS if name in found}
+            if point and not trainer.sanity_checking:
+                self.points.append({"step": int(trainer.global_step), **point})
+
+    return CurveRecorder()
 
 
 def rows_to_run(args: Any, workdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -372,6 +423,8 @@ def run_key(row: dict[str, Any], args: Any, device: str, seed: int) -> str:
         "device": device,
         "smoke": args.smoke,
     }
+    if args.eval_every:
+        settings["eval_every"] = args.eval_every
     if row["kind"].startswith("draem"):
         settings |= {
             "widths": [args.reconstructive_width, args.discriminative_width],
@@ -399,6 +452,8 @@ def train_and_test(row: dict[str, Any], args: Any, device: str, seed: int) -> di
         num_workers=args.workers,
         seed=seed,
     )
+    recorder = curve_recorder() if args.eval_every else None
+    every = min(args.eval_every, row["steps"]) if args.eval_every else row["steps"]
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as scratch:
         engine = Engine(
             default_root_dir=scratch,
@@ -406,8 +461,10 @@ def train_and_test(row: dict[str, Any], args: Any, device: str, seed: int) -> di
             devices=1,
             logger=False,
             max_steps=row["steps"],
-            check_val_every_n_epoch=None,  # validate once, after the last step: it sets the post-processor's
-            val_check_interval=row["steps"],  # statistics (val = test split here, anomalib's default)
+            check_val_every_n_epoch=None,  # validate after the last step (it sets the post-processor's statistics;
+            val_check_interval=every,  # val = test split here, anomalib's default) and, for curves, every N steps
+            num_sanity_val_steps=0,
+            callbacks=[recorder] if recorder else None,
             enable_progress_bar=False,
             enable_model_summary=False,
         )
@@ -421,8 +478,12 @@ def train_and_test(row: dict[str, Any], args: Any, device: str, seed: int) -> di
         msg = f"{row['name']}: the evaluator did not report {missing}; it reported {sorted(metrics)}"
         raise RuntimeError(msg)
     steps_done = int(engine.trainer.global_step)
+    curve = recorder.points if recorder else []
+    if recorder and (not curve or curve[-1]["step"] != steps_done):  # the end point is the test itself
+        curve.append({"step": steps_done, **{name: float(metrics[name]) for name in METRICS}})
     return {
         "metrics": {name: float(metrics[name]) for name in METRICS},
+        "curve": curve,
         "steps_done": steps_done,
         "train_s": round(trained - started, 1),
         "test_s": round(tested - trained, 1),
@@ -531,6 +592,51 @@ def print_table(table: dict[str, dict[str, tuple[float, float]]], seeds: int) ->
         print(f"{name:<{width}}{cells}")
 
 
+CURVE_PANELS = {"pixel_AUPR": "pixel AP", "pixel_AUPRO": "pixel PRO", "image_AUROC": "image AUROC"}
+
+
+def curve_bands(runs: list[dict[str, Any]], metric: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps evaluated in every seed's run, and the mean, minimum and maximum over the seeds at each."""
+    common = sorted(set.intersection(*({point["step"] for point in run["curve"]} for run in runs)))
+    values = [[next(p[metric] for p in run["curve"] if p["step"] == step) for run in runs] for step in common]
+    return common, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def plot_curves(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Pixel AP, pixel PRO and image AUROC against training steps, a line per row (seed mean), min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 4), constrained_layout=True)
+    for axis, (metric, label) in zip(axes, CURVE_PANELS.items(), strict=True):
+        for name, runs in results.items():
+            steps, mean, low, high = curve_bands(runs, metric)
+            (line,) = axis.plot(steps, mean, marker="o", markersize=3, label=name)
+            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        axis.set_xlabel("training step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def curve_summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The last curve point of every row: mean and spread (max - min over the seeds) of each panel's metric."""
+    summary: dict[str, Any] = {}
+    for name, runs in results.items():
+        for metric, label in CURVE_PANELS.items():
+            steps, mean, low, high = curve_bands(runs, metric)
+            if steps:
+                summary[f"curve end ({steps[-1]} steps) {name}: {label} mean"] = mean[-1]
+                summary[f"curve end ({steps[-1]} steps) {name}: {label} spread"] = high[-1] - low[-1]
+    return summary
+
+
 def target_check(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> dict[str, Any]:
     """DraemWeak + paste bank above Draem in pixel AP by more than the larger seed spread."""
     check: dict[str, Any] = {}
@@ -628,6 +734,18 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{name}: {METRICS[metric]} mean"] = mean
             summary[f"{name}: {METRICS[metric]} std"] = spread
     summary |= target_check(table, len(args.seeds))
+    if args.eval_every:
+        summary |= curve_summary(results)
+        if args.plot or args.smoke:
+            args.plot = args.plot or Path(tempfile.gettempdir()) / "bench_accuracy_smoke_curves.png"
+            title = (
+                f"MVTec AD bottle, {schedule_label(args, notes)} schedule: {args.image_size} px, "
+                f"batch {args.batch_size}, DRAEM widths {args.reconstructive_width}/{args.discriminative_width}, "
+                f"lr {args.learning_rate:g}; "
+                f"line = mean of seeds {args.seeds}, band = min-max"
+            )
+            plot_curves(results, args.plot, title)
+            print(f"curves: {args.plot}")
     all_runs = [run for runs in results.values() for run in runs]
     summary["train_and_test_s_all_runs"] = round(sum(run["train_s"] + run["test_s"] for run in all_runs), 1)
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)  # this invocation (resumed runs: ~0)
