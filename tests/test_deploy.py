@@ -229,6 +229,40 @@ def test_parity_report_reads_as_one_line() -> None:
     assert str(parity).startswith("OpenVINO f32 (asked: f32) vs torch on 4 images: max |map diff| 1.00e-07")
 
 
+def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path: Path, toy_root: Path) -> None:
+    """An INT8 export must compile on any CPU (DraemWeak's pooled image score as an AvgPool once failed on AVX-512)."""
+    import openvino as ov
+    from anomalib.data import MVTecAD
+    from anomalib.deploy import CompressionType, ExportType
+    from anomalib.engine import Engine
+    from torchvision.transforms.v2 import Resize
+
+    datamodule = MVTecAD(
+        root=toy_root,
+        category="toy_bottle",
+        eval_batch_size=1,
+        num_workers=0,
+        val_split_mode="from_train",
+        val_split_ratio=0.5,
+        augmentations=Resize(SIZE),
+    )
+    xml = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False).export(
+        model=deployed.model,
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path,
+        input_size=SIZE,
+        compression_type=CompressionType.INT8_PTQ,
+        datamodule=datamodule,
+        onnx_kwargs={"opset_version": 18},
+    )
+    core = ov.Core()
+    network = core.read_model(xml)
+    network.reshape({network.input(0): [1, 3, *SIZE]})  # a line PC's fixed input: static shapes fuse more
+    compiled = core.compile_model(network, "CPU", openvino_config("f32", PERFORMANCE_HINT="LATENCY"))
+    outputs = compiled(np.random.default_rng(0).random((1, 3, *SIZE), dtype=np.float32))
+    assert outputs and all(np.isfinite(value).all() for value in outputs.values())
+
+
 def test_int8_calibrates_on_normal_training_images_only(tmp_path: Path, toy_root: Path) -> None:
     """Anomalib's INT8_PTQ calibrates on val_dataloader(): with val_split_mode=from_train those are train/good."""
     from anomalib.data import MVTecAD

@@ -21,7 +21,10 @@ from anomalib_anogen.arguments import POSITIVE_INT, check_number
 
 DEFAULT_RECONSTRUCTIVE_WIDTH = 128
 DEFAULT_DISCRIMINATIVE_WIDTH = 64
-DEFAULT_SCORE_POOL = 21  # DRAEM's test code and AnoGen's test_DRAEM.py: avg_pool2d(map, 21, stride 1, padding 10)
+# DRAEM's test code and AnoGen's test_DRAEM.py: avg_pool2d(map, 21, stride 1, padding 10). Computed here as a
+# convolution with a constant 1/441 kernel (the same up to float rounding, ~1e-6): OpenVINO's CPU plugin fails to
+# compile an INT8 export whose map goes through AvgPool ("could not append an elementwise post-op", AVX-512 CPU).
+DEFAULT_SCORE_POOL = 21
 
 
 class DraemWeakModel(DraemModel):
@@ -59,5 +62,8 @@ class DraemWeakModel(DraemModel):
         output = super().forward(batch)
         if self.training or self.score_pool == 1:
             return output
-        pooled = F.avg_pool2d(output.anomaly_map.unsqueeze(1), self.score_pool, stride=1, padding=self.score_pool // 2)
+        anomaly_map = output.anomaly_map.unsqueeze(1)
+        size = self.score_pool
+        box = torch.full((1, 1, size, size), 1.0 / (size * size), dtype=anomaly_map.dtype, device=anomaly_map.device)
+        pooled = F.conv2d(anomaly_map, box, padding=size // 2)
         return InferenceBatch(pred_score=torch.amax(pooled, dim=(-3, -2, -1)), anomaly_map=output.anomaly_map)
