@@ -229,23 +229,29 @@ def test_parity_report_reads_as_one_line() -> None:
     assert str(parity).startswith("OpenVINO f32 (asked: f32) vs torch on 4 images: max |map diff| 1.00e-07")
 
 
-def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path: Path, toy_root: Path) -> None:
-    """An INT8 export must compile on any CPU (DraemWeak's pooled image score as an AvgPool once failed on AVX-512)."""
-    import openvino as ov
+def int8_calibration_data(toy_root: Path) -> object:
+    """The toy category with INT8_PTQ's calibration (val) split taken from the normal training images, batch 1."""
     from anomalib.data import MVTecAD
-    from anomalib.deploy import CompressionType, ExportType
-    from anomalib.engine import Engine
     from torchvision.transforms.v2 import Resize
 
-    datamodule = MVTecAD(
+    return MVTecAD(
         root=toy_root,
         category="toy_bottle",
         eval_batch_size=1,
         num_workers=0,
         val_split_mode="from_train",
         val_split_ratio=0.5,
-        augmentations=Resize(SIZE),
+        augmentations=Resize(SIZE),  # calibration images must have the export's fixed input size
     )
+
+
+def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path: Path, toy_root: Path) -> None:
+    """An INT8 export must compile on any CPU (DraemWeak's pooled image score as an AvgPool once failed on AVX-512)."""
+    import openvino as ov
+    from anomalib.deploy import CompressionType, ExportType
+    from anomalib.engine import Engine
+
+    datamodule = int8_calibration_data(toy_root)
     xml = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False).export(
         model=deployed.model,
         export_type=ExportType.OPENVINO,
@@ -268,7 +274,6 @@ def test_int8_calibrates_on_normal_training_images_only(tmp_path: Path, toy_root
     from anomalib.data import MVTecAD
     from anomalib.deploy import CompressionType, ExportType
     from anomalib.engine import Engine
-    from torchvision.transforms.v2 import Resize
 
     def calibration_images(datamodule: MVTecAD) -> list[tuple[str, int]]:
         used: list[tuple[str, int]] = []
@@ -287,15 +292,7 @@ def test_int8_calibrates_on_normal_training_images_only(tmp_path: Path, toy_root
     default.setup("fit")
     assert {int(label) for label in default.val_data.samples.label_index} == {0, 1}  # the leak: test anomalies
 
-    datamodule = MVTecAD(
-        root=toy_root,
-        category="toy_bottle",
-        eval_batch_size=1,
-        num_workers=0,
-        val_split_mode="from_train",
-        val_split_ratio=0.5,
-        augmentations=Resize(SIZE),  # calibration images must have the export's fixed input size
-    )
+    datamodule = int8_calibration_data(toy_root)
     used = calibration_images(datamodule)
     model = build("DraemWeak")
     xml = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False).export(

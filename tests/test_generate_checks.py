@@ -41,14 +41,18 @@ def write_support(toy_root: Path, folder: Path, mask_side: int | None = None) ->
     return folder
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
-    """The toy category as generate's inputs: normal folder, support set and box priors."""
-    folder = tmp_path_factory.mktemp("toy_inputs")
+def toy_inputs(toy_root: Path, folder: Path) -> dict[str, str]:
+    """The toy category as generate's inputs, written under ``folder``: normal folder, support set and box priors."""
     priors = folder / "toy_priors.json"
     priors.write_text(json.dumps({defect: [[0.1, 0.3], [0.1, 0.3], True] for defect in DEFECT_TYPES}))
     support = write_support(toy_root, folder / "support")
     return {"normal": str(toy_root / CATEGORY / "train" / "good"), "support": str(support), "priors": str(priors)}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
+    """The toy category as generate's inputs (:func:`toy_inputs`)."""
+    return toy_inputs(toy_root, tmp_path_factory.mktemp("toy_inputs"))
 
 
 def toy_args(toy: dict[str, str], output: Path, *extra: str) -> list[str]:

@@ -12,22 +12,17 @@ import pytest
 
 from anomalib_anogen.cli import main as cli_main
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
-from anomalib_anogen.data.toy import DEFECT_TYPES
 from anomalib_anogen.generation import bank_writer
 from anomalib_anogen.generation.bank_writer import BankWriter
 from anomalib_anogen.generation.generate import generate
 
-from .test_generate_checks import CATEGORY, all_files, error_line, write_support
+from .test_generate_checks import all_files, error_line, toy_inputs
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
-    """The toy category as generate's inputs: normal folder, support set and box priors."""
-    folder = tmp_path_factory.mktemp("toy_writers")
-    priors = folder / "toy_priors.json"
-    priors.write_text(json.dumps({defect: [[0.1, 0.3], [0.1, 0.3], True] for defect in DEFECT_TYPES}))
-    support = write_support(toy_root, folder / "support")
-    return {"normal": str(toy_root / CATEGORY / "train" / "good"), "support": str(support), "priors": str(priors)}
+    """The toy category as generate's inputs (:func:`toy_inputs`)."""
+    return toy_inputs(toy_root, tmp_path_factory.mktemp("toy_writers"))
 
 
 def bank(toy: dict[str, str], output: Path, **options: object) -> Path:
