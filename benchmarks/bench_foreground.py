@@ -28,14 +28,12 @@ from anomalib_anogen.generation.boxes import (
     MAX_TRIES,
     MIN_FOREGROUND,
     BoxPrior,
-    derive_prior,
     derived_seed,
-    load_priors,
     sample_box,
 )
 from anomalib_anogen.generation.foreground import foreground_mask
+from anomalib_anogen.generation.inputs import choose_priors, discover_cutouts
 from anomalib_anogen.generation.placement import load_placement
-from anomalib_anogen.generation.support import discover_support, load_support
 
 RULES = ("border", "otsu")
 TEMPLATES = SHARED / "anogen_reference" / "mask_template"
@@ -55,11 +53,10 @@ def _measure(cases: list[tuple[np.ndarray, np.ndarray]], rule: str) -> tuple[flo
 
 
 def _priors(kind: str) -> dict[str, BoxPrior]:
-    """The paper's bottle priors, or ``--priors auto``'s from the 3-shot support masks."""
-    if kind == "paper":
-        return load_priors(None, None, NORMAL)[0]
-    pairs = load_support(discover_support(SUPPORT))
-    return {d: derive_prior([p.mask for p in loaded], AUTO_MARGIN, True, d) for d, loaded in sorted(pairs.items())}
+    """The paper's bottle priors, or ``--priors auto``'s from the support masks, as `anogen generate` gets them."""
+    sources = discover_cutouts(str(SUPPORT))
+    chosen = None if kind == "paper" else "auto"
+    return choose_priors(chosen, None, NORMAL, sources, str(SUPPORT), "paste", AUTO_MARGIN, True).table
 
 
 def _fallbacks(
