@@ -112,7 +112,8 @@ def check_choice(argument: str, value: object, choices: dict[str, str]) -> str:
         return value
     listed = [f"{name!r} ({meaning})" for name, meaning in choices.items()]
     alternatives = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + f" or {listed[-1]}"
-    raise ModelArgumentError(f"{argument} must be {alternatives}, got {value!r}.")
+    msg = f"{argument} must be {alternatives}, got {value!r}."
+    raise ModelArgumentError(msg)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ stderr and exit code 2, no traceback, and no half-written output.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -68,6 +69,13 @@ def _output_of(arguments: dict[str, Any]) -> Path | None:
     return Path(output).expanduser() if output else None
 
 
+def _remove_if_empty(output: Path) -> None:
+    """Leave no empty ``--output`` behind when the command that created it failed."""
+    if output.is_dir() and not any(output.iterdir()):
+        with contextlib.suppress(OSError):  # something appeared in it meanwhile: keep it
+            output.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one subcommand, map input errors to exit code 2."""
     from anomalib_anogen.generation.errors import AnogenInputError
@@ -82,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _command(name)(**arguments)
     except AnogenInputError as error:
-        if output is not None:
-            from anomalib_anogen.generation.learn import remove_if_created_empty
-
-            remove_if_created_empty(output, existed)
+        if output is not None and not existed:
+            _remove_if_empty(output)
         print(f"anogen {name}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

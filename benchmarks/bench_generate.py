@@ -150,10 +150,12 @@ def run_generate(normal: Path, output: Path, embeddings: Path, batch: int, args:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"anogen generate failed (exit {done.returncode}): {' '.join(command)}")
+        msg = f"anogen generate failed (exit {done.returncode}): {' '.join(command)}"
+        raise SystemExit(msg)
     match = LOOP_LINE.search(done.stderr) or LOOP_LINE.search(done.stdout)
     if match is None:
-        raise SystemExit(f"no 'rank 0: N images in S s' line in the log of: {' '.join(command)}")
+        msg = f"no 'rank 0: N images in S s' line in the log of: {' '.join(command)}"
+        raise SystemExit(msg)
     images, seconds, rate = int(match.group(1)), float(match.group(2)), float(match.group(3))
     records = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines() if line.strip()]
     # The log rounds seconds to 0.1 and the rate to 0.01: take whichever is the more precise.
@@ -259,7 +261,8 @@ def measure(resolution: int, args: Any, scratch: Path, embeddings: Path, files: 
     }
     for batch in args.batch_sizes:
         if any(len(run["hashes"]) != images for run in runs[batch]):
-            raise SystemExit(f"{tag} batch {batch}: anogen wrote another number of images than the paper's way")
+            msg = f"{tag} batch {batch}: anogen wrote another number of images than the paper's way"
+            raise SystemExit(msg)
         results[f"{tag}_anogen_b{batch}_images_per_s"] = rate(batch)
         results[f"{tag}_anogen_b{batch}_loop_images_per_s"] = images / statistics.mean(r["loop"] for r in runs[batch])
         results[f"{tag}_anogen_b{batch}_identical"] = identical(runs[batch][0]["hashes"], paper_hashes)

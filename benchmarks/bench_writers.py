@@ -96,7 +96,8 @@ def _child(normal: Path, output: Path, writers: int, args: Any, result: Path) ->
         progress=False,
     )
     if handler.found is None:
-        raise SystemExit("generate logged no end-of-loop line")
+        msg = "generate logged no end-of-loop line"
+        raise SystemExit(msg)
     images, seconds = handler.found
     result.write_text(json.dumps({"images": images, "loop_s": seconds, "wall_s": time.perf_counter() - started}))
 
@@ -123,7 +124,8 @@ def run_forked(normal: Path | None, output: Path, writers: int, args: Any) -> di
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"the run with --writers {writers} on {normal} failed (exit status {status})")
+        msg = f"the run with --writers {writers} on {normal} failed (exit status {status})"
+        raise SystemExit(msg)
     peak = usage.ru_maxrss / 1024  # KiB on Linux
     if normal is None:
         return {"peak_rss_mib": peak}

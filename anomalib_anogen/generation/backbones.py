@@ -525,11 +525,13 @@ def resolve_backbone_folder(spec: str, revision: str | None = None) -> tuple[Pat
     candidate = Path(spec).expanduser()
     if candidate.is_dir():
         if not (candidate / "model_index.json").is_file():
-            raise AnogenInputError(f"{candidate}: not a diffusers pipeline folder (no model_index.json)")
+            msg = f"{candidate}: not a diffusers pipeline folder (no model_index.json)"
+            raise AnogenInputError(msg)
         return candidate, "folder", revision
     if _looks_like_path(spec) or spec.count("/") != 1:
         if _looks_like_path(spec):
-            raise BackboneNotFoundError(f"{candidate}: backbone folder not found")
+            msg = f"{candidate}: backbone folder not found"
+            raise BackboneNotFoundError(msg)
         raise BackboneNotFoundError(_missing_message(spec, "not a hub id of the form org/name"))
     from diffusers import DiffusionPipeline
 
@@ -563,17 +565,20 @@ def _load_from_folder(spec: str, folder: Path, source: str, revision: str | None
     try:
         index = json.loads((folder / "model_index.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise AnogenInputError(f"{folder / 'model_index.json'}: unreadable ({error})") from error
+        msg = f"{folder / 'model_index.json'}: unreadable ({error})"
+        raise AnogenInputError(msg) from error
     class_name = str(index.get("_class_name", ""))
     ldm = class_name == "LDMTextToImagePipeline" or "bert" in index
     sd = "text_encoder" in index and "text_encoder_2" not in index and "unet" in index
     if not (ldm or sd):
-        raise AnogenInputError(
+        msg = (
             f"{folder}: {class_name or 'this pipeline'} is not a Stable Diffusion 1.x/2.x or LDM text-to-image "
             "pipeline (SDXL, SD3 and others are not supported)"
         )
+        raise AnogenInputError(msg)
     if ldm and index.get("vqvae", [None, None])[1] != "AutoencoderKL":
-        raise AnogenInputError(f"{folder}: only KL first stages are supported (vqvae is {index.get('vqvae')})")
+        msg = f"{folder}: only KL first stages are supported (vqvae is {index.get('vqvae')})"
+        raise AnogenInputError(msg)
     optional = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder") if name in index}
     from diffusers.utils import logging as diffusers_logging
 
@@ -583,7 +588,8 @@ def _load_from_folder(spec: str, folder: Path, source: str, revision: str | None
         pipeline = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **optional)
         scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise AnogenInputError(f"{folder}: cannot load the backbone ({error})") from error
+        msg = f"{folder}: cannot load the backbone ({error})"
+        raise AnogenInputError(msg) from error
     finally:
         if shown:
             diffusers_logging.enable_progress_bar()

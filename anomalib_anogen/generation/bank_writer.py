@@ -104,11 +104,14 @@ def _entries(output: Path) -> list[Path]:
 def check_target(output: Path, resume: bool, overwrite: bool) -> None:
     """The checks that need no settings: run before the lock file is put into ``output``."""
     if resume and overwrite:
-        raise AnogenInputError("--resume and --overwrite exclude each other")
+        msg = "--resume and --overwrite exclude each other"
+        raise AnogenInputError(msg)
     if output.exists() and not output.is_dir():
-        raise AnogenInputError(f"{output}: --output exists and is not a folder")
+        msg = f"{output}: --output exists and is not a folder"
+        raise AnogenInputError(msg)
     if output.is_dir() and _entries(output) and read_summary(output) is None and not (output / MANIFEST_NAME).exists():
-        raise AnogenInputError(f"{output}: exists, is not empty and is not an anogen bank; choose another --output")
+        msg = f"{output}: exists, is not empty and is not an anogen bank; choose another --output"
+        raise AnogenInputError(msg)
 
 
 def check_bank_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
@@ -123,21 +126,24 @@ def check_bank_output(output: Path, settings: dict[str, Any], resume: bool, over
     if not isinstance(old, dict):
         if overwrite:
             return "overwrite"
-        raise AnogenInputError(f"{output}: holds a bank without readable settings; pass --overwrite to replace it")
+        msg = f"{output}: holds a bank without readable settings; pass --overwrite to replace it"
+        raise AnogenInputError(msg)
     changed = _differences(old, settings)
     if overwrite:
         return "overwrite"
     if changed:
-        raise AnogenInputError(
+        msg = (
             f"{output}: holds a bank made with other settings ({', '.join(changed)} differ); "
             "pass --overwrite to replace it, or another --output"
         )
+        raise AnogenInputError(msg)
     if not resume:
         state = "a complete" if summary and summary.get("complete") else "an unfinished"
-        raise AnogenInputError(
+        msg = (
             f"{output}: already holds {state} bank with these settings; pass --resume to continue it "
             "or --overwrite to replace it"
         )
+        raise AnogenInputError(msg)
     return "resume"
 
 
@@ -158,10 +164,10 @@ def make_folder(folder: Path, what: str) -> list[Path]:
         remove_created(created)
         blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
-            raise AnogenInputError(f"{folder}: cannot create the {what} folder: {blocker} is a file") from error
-        raise AnogenInputError(
-            f"{folder}: cannot create the {what} folder ({error.strerror or error}); choose a writable place"
-        ) from error
+            msg = f"{folder}: cannot create the {what} folder: {blocker} is a file"
+            raise AnogenInputError(msg) from error
+        msg = f"{folder}: cannot create the {what} folder ({error.strerror or error}); choose a writable place"
+        raise AnogenInputError(msg) from error
     return created
 
 
@@ -204,10 +210,11 @@ class BankLock:
             self._descriptor = self._lock()
         except OSError as error:
             remove_created(self._created)
-            raise AnogenInputError(
+            msg = (
                 f"{self.output}: cannot write the --output folder ({error.strerror or error}: {self.path}); "
                 "choose a writable folder"
-            ) from error
+            )
+            raise AnogenInputError(msg) from error
         except BaseException:
             remove_created(self._created)
             raise
@@ -241,10 +248,11 @@ class BankLock:
             except BlockingIOError:
                 holder = _holder(descriptor)
                 os.close(descriptor)
-                raise AnogenInputError(
+                msg = (
                     f"{self.output}: another anogen generate is writing this bank ({_describe_holder(holder)}; "
                     f"lock file {self.path}); wait for it to end, or stop it and run again"
-                ) from None
+                )
+                raise AnogenInputError(msg) from None
             except BaseException:
                 os.close(descriptor)
                 raise
@@ -304,10 +312,11 @@ def _write_file(path: Path, data: bytes) -> None:
     try:
         write_atomic(path, data)
     except OSError as error:
-        raise BankWriteError(
+        msg = (
             f"{path}: cannot write the bank file ({error.strerror or error}); the records written before it are "
             "kept: fix the cause (free space, permissions), then run again with --resume true"
-        ) from error
+        )
+        raise BankWriteError(msg) from error
 
 
 class BankWriter:

@@ -85,7 +85,8 @@ def _as_bool(value: Any, where: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
         return value.strip().lower() == "true"
-    raise AnogenInputError(f"{where}: rotate must be true or false (got {value!r})")
+    msg = f"{where}: rotate must be true or false (got {value!r})"
+    raise AnogenInputError(msg)
 
 
 def _range(value: Any, where: str) -> tuple[float, float]:
@@ -94,21 +95,23 @@ def _range(value: Any, where: str) -> tuple[float, float]:
         or len(value) != 2
         or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     ):
-        raise AnogenInputError(f"{where}: expected [min, max] as fractions of the image side (got {value!r})")
+        msg = f"{where}: expected [min, max] as fractions of the image side (got {value!r})"
+        raise AnogenInputError(msg)
     low, high = float(value[0]), float(value[1])
     if not 0.0 < low <= high:
-        raise AnogenInputError(f"{where}: expected 0 < min <= max (got {value!r})")
+        msg = f"{where}: expected 0 < min <= max (got {value!r})"
+        raise AnogenInputError(msg)
     if high > 1.0:
-        raise AnogenInputError(
-            f"{where}: box prior {value!r} is larger than the image (fractions of the image side must be <= 1)"
-        )
+        msg = f"{where}: box prior {value!r} is larger than the image (fractions of the image side must be <= 1)"
+        raise AnogenInputError(msg)
     return low, high
 
 
 def parse_prior(value: Any, where: str) -> BoxPrior:
     """One ``[[w_min, w_max], [h_min, h_max], rotate]`` entry, checked."""
     if not isinstance(value, list | tuple) or len(value) != 3:
-        raise AnogenInputError(f"{where}: expected [[w_min, w_max], [h_min, h_max], rotate] (got {value!r})")
+        msg = f"{where}: expected [[w_min, w_max], [h_min, h_max], rotate] (got {value!r})"
+        raise AnogenInputError(msg)
     return BoxPrior(_range(value[0], f"{where} width"), _range(value[1], f"{where} height"), _as_bool(value[2], where))
 
 
@@ -127,26 +130,32 @@ def load_priors(
     """
     file = Path(path).expanduser() if path is not None else DEFAULT_PRIORS
     if not file.is_file():
-        raise AnogenInputError(f"{file}: box priors file not found")
+        msg = f"{file}: box priors file not found"
+        raise AnogenInputError(msg)
     try:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise AnogenInputError(f"{file}: not a readable json file ({error})") from error
+        msg = f"{file}: not a readable json file ({error})"
+        raise AnogenInputError(msg) from error
     if not isinstance(data, dict) or not data:
-        raise AnogenInputError(f"{file}: expected a json object of box priors")
+        msg = f"{file}: expected a json object of box priors"
+        raise AnogenInputError(msg)
     if _is_defect_table(data):
         table, name = data, category
     else:
         if category is None and normal is not None:
             category = next((part for part in reversed(normal.resolve().parts) if part in data), None)
         if category is None:
-            raise AnogenInputError(f"{file}: names categories ({', '.join(sorted(data))}); pass --category")
+            msg = f"{file}: names categories ({', '.join(sorted(data))}); pass --category"
+            raise AnogenInputError(msg)
         if category not in data or not isinstance(data[category], dict):
-            raise AnogenInputError(f"{file}: no category {category!r} (have: {', '.join(sorted(data))})")
+            msg = f"{file}: no category {category!r} (have: {', '.join(sorted(data))})"
+            raise AnogenInputError(msg)
         table, name = data[category], category
     priors = {str(defect): parse_prior(value, f"{file} [{name or '-'}/{defect}]") for defect, value in table.items()}
     if not priors:
-        raise AnogenInputError(f"{file}: no defect priors for category {name!r}")
+        msg = f"{file}: no defect priors for category {name!r}"
+        raise AnogenInputError(msg)
     return priors, name
 
 
@@ -175,7 +184,8 @@ def derive_prior(masks: list[np.ndarray], margin: float, rotate: bool, where: st
                 widths.append(width / cols)
                 heights.append(height / rows)
     if not widths:
-        raise AnogenInputError(f"{where}: the support masks mark no defect pixels; cannot derive a box prior")
+        msg = f"{where}: the support masks mark no defect pixels; cannot derive a box prior"
+        raise AnogenInputError(msg)
 
     def span(values: list[float]) -> tuple[float, float]:
         low = min(1.0, max(AUTO_MIN_SIDE, round(min(values) / (1 + margin), 4)))

@@ -49,4 +49,5 @@ def check_number(
     if not valid:
         what = "an integer" if integer else "a number"
         detail = f"{note}; " if note else ""
-        raise AnogenInputError(f"--{option} must be {what} {_span(low, high)} ({detail}got {value!r})")
+        msg = f"--{option} must be {what} {_span(low, high)} ({detail}got {value!r})"
+        raise AnogenInputError(msg)

@@ -75,10 +75,10 @@ def check_embeddings_output(
             if keep_finished:
                 finished.append(defect)
                 continue
-            raise AnogenInputError(
-                f"{folder / EMBEDDING_FILE}: a finished embedding already exists; pass --overwrite to replace it"
-            )
-        raise AnogenInputError(f"{folder}: exists and is not an anogen embedding; remove it or pass --overwrite")
+            msg = f"{folder / EMBEDDING_FILE}: a finished embedding already exists; pass --overwrite to replace it"
+            raise AnogenInputError(msg)
+        msg = f"{folder}: exists and is not an anogen embedding; remove it or pass --overwrite"
+        raise AnogenInputError(msg)
     return finished
 
 
@@ -99,7 +99,8 @@ def write_embedding_dir(
         (temporary / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
         if final.exists():
             if not overwrite:
-                raise AnogenInputError(f"{final}: appeared while learning; pass --overwrite to replace it")
+                msg = f"{final}: appeared while learning; pass --overwrite to replace it"
+                raise AnogenInputError(msg)
             old = output / f".{defect}.old-{uuid.uuid4().hex[:8]}"
             final.rename(old)
             os.replace(temporary, final)
@@ -116,7 +117,8 @@ def _require_finite(path: Path, vector: torch.Tensor, fix: str) -> None:
     """Refuse an embedding with NaN or Inf values: it would turn every generated defect into noise or black."""
     bad = int((~torch.isfinite(vector)).sum())
     if bad:
-        raise AnogenInputError(f"{path}: the embedding holds {bad} NaN/Inf value(s) of {vector.numel()}; {fix}")
+        msg = f"{path}: the embedding holds {bad} NaN/Inf value(s) of {vector.numel()}; {fix}"
+        raise AnogenInputError(msg)
 
 
 def _read_metadata(meta_file: Path) -> dict[str, Any]:
@@ -125,9 +127,11 @@ def _read_metadata(meta_file: Path) -> dict[str, Any]:
     try:
         metadata = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AnogenInputError(f"{meta_file}: unreadable metadata ({error})") from error
+        msg = f"{meta_file}: unreadable metadata ({error})"
+        raise AnogenInputError(msg) from error
     if not isinstance(metadata, dict):
-        raise AnogenInputError(f"{meta_file}: unreadable metadata (a JSON {type(metadata).__name__}, not an object)")
+        msg = f"{meta_file}: unreadable metadata (a JSON {type(metadata).__name__}, not an object)"
+        raise AnogenInputError(msg)
     return metadata
 
 
@@ -143,25 +147,30 @@ def load_embedding(path: str | Path) -> Embedding:
     path = Path(path)
     file = path / EMBEDDING_FILE if path.is_dir() else path
     if not file.is_file():
-        raise AnogenInputError(f"{file}: embedding file not found")
+        msg = f"{file}: embedding file not found"
+        raise AnogenInputError(msg)
     meta_file = file.parent / METADATA_FILE
     metadata = _read_metadata(meta_file)
     expected = metadata.get("embedding_sha256")
     if expected is None and metadata.get("format") == METADATA_FORMAT:
-        raise AnogenInputError(f"{meta_file}: records no embedding_sha256, so {file.name} cannot be checked")
+        msg = f"{meta_file}: records no embedding_sha256, so {file.name} cannot be checked"
+        raise AnogenInputError(msg)
     if expected is not None:
         actual = sha256_file(file)
         if actual != expected:
-            raise AnogenInputError(
+            msg = (
                 f"{file}: sha256 {actual} differs from embedding_sha256 {expected} in {meta_file.name}; "
                 "the file changed after it was written, learn or import it again"
             )
+            raise AnogenInputError(msg)
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as error:
-        raise AnogenInputError(f"{file}: not a safetensors embedding ({error})") from error
+        msg = f"{file}: not a safetensors embedding ({error})"
+        raise AnogenInputError(msg) from error
     if len(tensors) != 1:
-        raise AnogenInputError(f"{file}: expected exactly one token, found {sorted(tensors)}")
+        msg = f"{file}: expected exactly one token, found {sorted(tensors)}"
+        raise AnogenInputError(msg)
     token, vector = next(iter(tensors.items()))
     _require_finite(file, vector, "it is unusable, learn or import it again")
     return Embedding(token=token, vector=vector.reshape(-1, vector.shape[-1]), metadata=metadata, path=file)
@@ -177,10 +186,11 @@ def apply_embedding(backbone: Any, embedding: Embedding, token: str | None = Non
     vector = embedding.vector
     table = backbone.token_embedding()
     if vector.shape[-1] != table.weight.shape[1]:
-        raise AnogenInputError(
+        msg = (
             f"{embedding.path}: embedding width {vector.shape[-1]} does not fit backbone {backbone.spec!r} "
             f"(token width {table.weight.shape[1]})"
         )
+        raise AnogenInputError(msg)
     names = [token] if len(vector) == 1 else [token] + [f"{token}_{i}" for i in range(1, len(vector))]
     vocab = backbone.tokenizer.get_vocab()
     new = [name for name in names if name not in vocab]
@@ -270,10 +280,12 @@ def load_released(path: str | Path) -> tuple[str, torch.Tensor, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise AnogenInputError(f"{path}: file not found")
+        msg = f"{path}: file not found"
+        raise AnogenInputError(msg)
     not_torch = _not_torch(path)
     if not_torch:
-        raise AnogenInputError(f"{path}: not a torch file ({not_torch}); expected {_EXPECTED}")
+        msg = f"{path}: not a torch file ({not_torch}); expected {_EXPECTED}"
+        raise AnogenInputError(msg)
     try:
         with torch.serialization.safe_globals([torch.nn.ParameterDict, torch.nn.Parameter]):
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -281,36 +293,40 @@ def load_released(path: str | Path) -> tuple[str, torch.Tensor, int]:
         # torch's own message suggests loading without the allow-list; only the refused class is passed on.
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
         what = f"an object of class {found.group(1)}" if found else "pickle instructions"
-        raise AnogenInputError(
-            f"{path}: refused, a torch file holding {what} outside the allow-list ({_ALLOWED}); nothing in it was run"
-        ) from error
+        msg = f"{path}: refused, a torch file holding {what} outside the allow-list ({_ALLOWED}); nothing in it was run"
+        raise AnogenInputError(msg) from error
     except (RuntimeError, OSError, EOFError, ValueError) as error:
         detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         detail = "" if "weights_only" in detail else f" ({detail})"
-        raise AnogenInputError(f"{path}: a torch file that cannot be read, damaged or truncated{detail}") from error
+        msg = f"{path}: a torch file that cannot be read, damaged or truncated{detail}"
+        raise AnogenInputError(msg) from error
     if not isinstance(data, dict) or set(data) != {"string_to_token", "string_to_param"}:
-        raise AnogenInputError(f"{path}: refused, a torch file holding {_describe(data)}; expected {_EXPECTED}")
+        msg = f"{path}: refused, a torch file holding {_describe(data)}; expected {_EXPECTED}"
+        raise AnogenInputError(msg)
     params = data["string_to_param"]
     if isinstance(params, torch.nn.ParameterDict):
         # Unpickled without __init__, a ParameterDict's keys live only in its _parameters dict.
         state = vars(params)
         if state.get("_buffers") or state.get("_modules"):
-            raise AnogenInputError(f"{path}: refused, string_to_param holds buffers or modules")
+            msg = f"{path}: refused, string_to_param holds buffers or modules"
+            raise AnogenInputError(msg)
         params = dict(state.get("_parameters") or {})
     tokens = data["string_to_token"]
     if not isinstance(params, dict) or not isinstance(tokens, dict) or len(params) != 1 or set(params) != set(tokens):
-        raise AnogenInputError(f"{path}: refused, expected one placeholder in string_to_param and string_to_token")
+        msg = f"{path}: refused, expected one placeholder in string_to_param and string_to_token"
+        raise AnogenInputError(msg)
     token, vector = next(iter(params.items()))
     token_id = tokens[token]
     if not isinstance(token, str) or not isinstance(vector, torch.Tensor) or not torch.is_floating_point(vector):
-        raise AnogenInputError(f"{path}: refused, the placeholder is not a string mapped to a float tensor")
+        msg = f"{path}: refused, the placeholder is not a string mapped to a float tensor"
+        raise AnogenInputError(msg)
     if not isinstance(token_id, torch.Tensor | int) or (isinstance(token_id, torch.Tensor) and token_id.numel() != 1):
-        raise AnogenInputError(f"{path}: refused, string_to_token must map the placeholder to one token id")
+        msg = f"{path}: refused, string_to_token must map the placeholder to one token id"
+        raise AnogenInputError(msg)
     vector = vector.detach().float().reshape(-1, vector.shape[-1]).clone()
     if vector.shape[-1] != RELEASED_DIM:
-        raise AnogenInputError(
-            f"{path}: embedding width {vector.shape[-1]}, expected {RELEASED_DIM} (txt2img-f8-large)"
-        )
+        msg = f"{path}: embedding width {vector.shape[-1]}, expected {RELEASED_DIM} (txt2img-f8-large)"
+        raise AnogenInputError(msg)
     _require_finite(path, vector, "refused, this file is damaged")
     return token, vector, int(token_id)
 
@@ -324,12 +340,14 @@ def released_inputs(inputs: list[str], category: str | None) -> list[Path]:
             pattern = f"{category}_*.pt" if category else "*.pt"
             found = sorted(path.glob(pattern))
             if not found:
-                raise AnogenInputError(f"{path}: no {pattern} files found")
+                msg = f"{path}: no {pattern} files found"
+                raise AnogenInputError(msg)
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise AnogenInputError(f"{path}: not found")
+            msg = f"{path}: not found"
+            raise AnogenInputError(msg)
     return files
 
 

@@ -20,16 +20,20 @@ def check_writable_folder(folder: Path, option: str = "--output") -> None:
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if existing.is_symlink() and not existing.exists():
-        raise AnogenInputError(f"{folder}: {option} cannot be created, {existing} is a broken link")
+        msg = f"{folder}: {option} cannot be created, {existing} is a broken link"
+        raise AnogenInputError(msg)
     if not existing.is_dir():
         if existing == folder:
-            raise AnogenInputError(f"{folder}: {option} exists and is not a folder")
-        raise AnogenInputError(f"{folder}: {option} cannot be created, {existing} is a file, not a folder")
+            msg = f"{folder}: {option} exists and is not a folder"
+            raise AnogenInputError(msg)
+        msg = f"{folder}: {option} cannot be created, {existing} is a file, not a folder"
+        raise AnogenInputError(msg)
     try:
         handle, probe = tempfile.mkstemp(prefix=".anogen-write-test-", dir=existing)
     except OSError as error:
         reason = error.strerror or type(error).__name__
         where = "" if existing == folder else f" (its nearest existing parent {existing})"
-        raise AnogenInputError(f"{folder}: {option} cannot be written{where}: {reason}") from error
+        msg = f"{folder}: {option} cannot be written{where}: {reason}"
+        raise AnogenInputError(msg) from error
     os.close(handle)
     os.unlink(probe)

@@ -69,10 +69,12 @@ def read_template(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             grey = np.asarray(image.convert("RGB").convert("L"))
     except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise AnogenInputError(f"{path}: unreadable placement template ({error})") from error
+        msg = f"{path}: unreadable placement template ({error})"
+        raise AnogenInputError(msg) from error
     mask = grey > 0
     if not mask.any():
-        raise AnogenInputError(f"{path}: placement template is empty (all black): no place for a defect")
+        msg = f"{path}: placement template is empty (all black): no place for a defect"
+        raise AnogenInputError(msg)
     return mask
 
 
@@ -85,7 +87,8 @@ def _template_in(folder: Path) -> Path:
     images = [p for p in images if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(images) != 1:
         found = ", ".join(p.name for p in images) or "no image"
-        raise AnogenInputError(f"{folder}: expected the placement template {TEMPLATE_NAME} (found {found})")
+        msg = f"{folder}: expected the placement template {TEMPLATE_NAME} (found {found})"
+        raise AnogenInputError(msg)
     return images[0]
 
 
@@ -107,7 +110,8 @@ def load_placement(
     """
     root = Path(path).expanduser()
     if not root.exists():
-        raise AnogenInputError(f"{root}: --placement not found (a folder of <defect>/mask.png or one mask image)")
+        msg = f"{root}: --placement not found (a folder of <defect>/mask.png or one mask image)"
+        raise AnogenInputError(msg)
     if root.is_file():
         mask = read_template(root)
         files = dict.fromkeys(defects, root.resolve())
@@ -116,16 +120,18 @@ def load_placement(
     folders = {p.name: p for p in _subfolders(folder)}
     unknown = sorted(set(folders) - set(known))
     if unknown:
-        raise AnogenInputError(
+        msg = (
             f"{folders[unknown[0]]}: placement template for an unknown defect type {unknown[0]!r} "
             f"(the defect types are: {', '.join(sorted(known))})"
         )
+        raise AnogenInputError(msg)
     missing = [d for d in defects if d not in folders]
     if missing:
-        raise AnogenInputError(
+        msg = (
             f"{folder}: no placement template for defect type(s) {', '.join(missing)} "
             f"(expected {folder / missing[0] / TEMPLATE_NAME})"
         )
+        raise AnogenInputError(msg)
     files = {d: _template_in(folders[d]).resolve() for d in defects}
     masks = {d: read_template(f) for d, f in files.items()}
     return Placement(folder.resolve(), "templates", files, foreground, masks=masks)
@@ -135,7 +141,8 @@ def _defect_folder(root: Path, known: list[str], category: str | None) -> Path:
     """``root`` itself when it holds defect folders, else its ``<category>`` folder."""
     subfolders = _subfolders(root)
     if not subfolders:
-        raise AnogenInputError(f"{root}: --placement folder holds no <defect>/{TEMPLATE_NAME}")
+        msg = f"{root}: --placement folder holds no <defect>/{TEMPLATE_NAME}"
+        raise AnogenInputError(msg)
     if any(p.name in known for p in subfolders):
         return root
     nested = [p for p in subfolders if any(q.name in known for q in _subfolders(p))]
@@ -144,9 +151,10 @@ def _defect_folder(root: Path, known: list[str], category: str | None) -> Path:
     if category is None and len(nested) == 1:
         return nested[0]
     if category is None and nested:
-        raise AnogenInputError(
+        msg = (
             f"{root}: holds the templates of several categories ({', '.join(p.name for p in nested)}); pass --category"
         )
+        raise AnogenInputError(msg)
     raise AnogenInputError(
         f"{root}: no placement templates for these defect types ({', '.join(sorted(known))}); expected "
         f"<defect>/{TEMPLATE_NAME}" + (f" or {category}/<defect>/{TEMPLATE_NAME}" if category else "")

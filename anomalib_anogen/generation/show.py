@@ -70,7 +70,8 @@ def show(bank: str, output: str = "sheet.png", per_defect: int = 4, cell: int = 
         check_number("seed", seed, 0, SEED_MAX, integer=True)
     path = Path(output).expanduser()
     if path.is_dir():
-        raise AnogenInputError(f"{path}: --output is a folder; give the PNG file to write")
+        msg = f"{path}: --output is a folder; give the PNG file to write"
+        raise AnogenInputError(msg)
     try:
         records = load_bank(bank)
     except BankError as error:
@@ -100,7 +101,8 @@ def show(bank: str, output: str = "sheet.png", per_defect: int = 4, cell: int = 
         write_atomic(path, png_bytes(sheet))
     except OSError as error:
         remove_created(created)
-        raise AnogenInputError(f"{path}: cannot write the contact sheet ({error.strerror or error})") from error
+        msg = f"{path}: cannot write the contact sheet ({error.strerror or error})"
+        raise AnogenInputError(msg) from error
     logger.info("%s: %d defect types, %dx%d px", path, len(by_defect), sheet.shape[1], sheet.shape[0])
     return path
 

@@ -107,29 +107,34 @@ def _scan_pair_folder(folder: Path, defect: str, mask_folder: Path | None = None
         if path.is_dir() or is_ignored(path):
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise AnogenInputError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+            msg = f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
+            raise AnogenInputError(msg)
         if mask_folder is None and path.stem.endswith(MASK_SUFFIX):
             masks[path.stem[: -len(MASK_SUFFIX)]] = path
         else:
             images.append(path)
     if mask_folder is not None:
         if not mask_folder.is_dir():
-            raise AnogenInputError(f"{mask_folder}: mask folder missing for the images in {folder}")
+            msg = f"{mask_folder}: mask folder missing for the images in {folder}"
+            raise AnogenInputError(msg)
         for path in sorted(mask_folder.iterdir()):
             if path.is_file() and not is_ignored(path) and path.stem.endswith(MASK_SUFFIX):
                 masks[path.stem[: -len(MASK_SUFFIX)]] = path
     if not images:
-        raise AnogenInputError(f"{folder}: no images found (expected <name>.png with <name>{MASK_SUFFIX}.png)")
+        msg = f"{folder}: no images found (expected <name>.png with <name>{MASK_SUFFIX}.png)"
+        raise AnogenInputError(msg)
     pairs = []
     for image in images:
         mask = masks.pop(image.stem, None)
         if mask is None:
             where = mask_folder if mask_folder is not None else folder
-            raise AnogenInputError(f"{image}: no mask (expected {where / (image.stem + MASK_SUFFIX + '.png')})")
+            msg = f"{image}: no mask (expected {where / (image.stem + MASK_SUFFIX + '.png')})"
+            raise AnogenInputError(msg)
         pairs.append(SupportPair(defect=defect, image=image, mask=mask))
     if masks and mask_folder is None:
         orphan = next(iter(masks.values()))
-        raise AnogenInputError(f"{orphan}: mask without an image (expected {folder / (orphan.stem[:-5] + '.png')})")
+        msg = f"{orphan}: mask without an image (expected {folder / (orphan.stem[:-5] + '.png')})"
+        raise AnogenInputError(msg)
     return pairs
 
 
@@ -149,9 +154,11 @@ def discover_support(
     """Find the support pairs under ``root`` in either layout (see module docstring)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise AnogenInputError(f"{root}: support folder not found")
+        msg = f"{root}: support folder not found"
+        raise AnogenInputError(msg)
     if shots is not None and shots < 1:
-        raise AnogenInputError(f"--shots must be at least 1 (got {shots})")
+        msg = f"--shots must be at least 1 (got {shots})"
+        raise AnogenInputError(msg)
     found: dict[str, list[SupportPair]] = {}
     if (root / "test").is_dir() and (root / "ground_truth").is_dir():
         layout = "mvtec"
@@ -168,11 +175,13 @@ def discover_support(
             layout = "single"
             found[root.name] = _scan_pair_folder(root, root.name)
     if not found:
-        raise AnogenInputError(f"{root}: no defect folders with images found")
+        msg = f"{root}: no defect folders with images found"
+        raise AnogenInputError(msg)
     if defects:
         unknown = sorted(set(defects) - set(found))
         if unknown:
-            raise AnogenInputError(f"{root}: defect(s) {', '.join(unknown)} not found (have: {', '.join(found)})")
+            msg = f"{root}: defect(s) {', '.join(unknown)} not found (have: {', '.join(found)})"
+            raise AnogenInputError(msg)
         found = {name: found[name] for name in defects}
     available = {name: len(pairs) for name, pairs in found.items()}
     selected = {name: _select(pairs, shots, seed, name) for name, pairs in found.items()}
@@ -191,7 +200,8 @@ def _open(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise AnogenInputError(f"{path}: not a readable image ({error})") from error
+        msg = f"{path}: not a readable image ({error})"
+        raise AnogenInputError(msg) from error
     return image
 
 
@@ -251,7 +261,8 @@ def load_pair(pair: SupportPair, warn: bool = True) -> LoadedPair:
         if warn:
             _warn(_resize_message(loaded))
     if not loaded.mask.any():
-        raise AnogenInputError(f"{pair.mask}: mask is empty (no defect pixel), nothing to learn from")
+        msg = f"{pair.mask}: mask is empty (no defect pixel), nothing to learn from"
+        raise AnogenInputError(msg)
     if loaded.mask_fraction >= WHOLE_IMAGE_MASK_FRACTION:
         _warn(
             f"{pair.mask}: mask covers {loaded.mask_fraction:.1%} of the image, so the whole picture is learned as "
