@@ -12,10 +12,12 @@ import torch
 from anomalib_anogen.generation import devices, sampling, textual_inversion
 from anomalib_anogen.generation.devices import (
     PRECISIONS,
-    autocast_dtype,
     check_precision,
     dtype_of,
+    fabric_precision,
+    precision_of,
     resolve_precision,
+    training_fabric,
 )
 from anomalib_anogen.generation.errors import AnogenInputError
 
@@ -60,19 +62,32 @@ def test_an_unknown_precision_is_an_input_error(precision: str) -> None:
 
 def test_dtypes() -> None:
     assert [dtype_of(p) for p in ("32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
-    assert [autocast_dtype(p) for p in ("32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+    assert [fabric_precision(p) for p in ("32", "bf16", "fp16")] == ["32-true", "bf16-mixed", "16-mixed"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_training_fabric_on_a_cpu_runs_fp32_whatever_is_asked(precision: str) -> None:
+    fabric = training_fabric(precision, "cpu")
+    assert fabric.device == torch.device("cpu")
+    assert precision_of(fabric) == "32"
 
 
 def test_the_resolution_lives_in_one_place() -> None:
-    """The sampler and learn use devices' function; no other module decides on bf16."""
+    """The sampler and learn use devices' functions; no other module decides on bf16 or builds a scaler."""
     assert sampling.resolve_precision is devices.resolve_precision
-    assert textual_inversion.resolve_precision is devices.resolve_precision
+    assert textual_inversion.training_fabric is devices.training_fabric
     elsewhere = [
         path.relative_to(PACKAGE).as_posix()
         for path in PACKAGE.rglob("*.py")
         if path.name != "devices.py" and "is_bf16_supported" in path.read_text()
     ]
     assert elsewhere == []
+    hand_written = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if "GradScaler" in path.read_text() or "torch.autocast" in path.read_text()
+    ]
+    assert hand_written == [], "mixed precision is Lightning Fabric's (devices.training_fabric)"
 
 
 def test_the_sampler_on_a_cpu_runs_fp32_whatever_is_asked() -> None:

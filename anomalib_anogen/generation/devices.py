@@ -10,9 +10,10 @@
   step: after 50 DDIM steps at guidance 10 on ``sd15-random``, the final latent differs from fp32's by
   1.06% RMS in bf16 and 0.12% in fp16 (``benchmarks/bench_precision.py``, docs/benchmarks.md). The
   scheduler, the guidance sum and the blending stay in fp32 whatever the precision.
-* **training** (learn): autocast for a loss and its gradient (no guidance; the learned vector stays fp32).
-  ``auto`` is bf16 on a CUDA GPU that has it (bf16's range needs no gradient scaler), else fp16 with
-  a gradient scaler.
+* **training** (learn): mixed precision for a loss and its gradient (no guidance; the learned vector stays
+  fp32), run by Lightning Fabric's precision plugin (:func:`fabric_precision`: autocast, and for fp16 a
+  gradient scaler). ``auto`` is bf16 on a CUDA GPU that has it (bf16's range needs no gradient scaler),
+  else fp16.
 
 On any other device (a CPU) every precision resolves to ``32``: half precision there is slow (fp16
 convolutions are not vectorised on CPUs) and inexact, and a CPU run is a reference, not a speed run.
@@ -26,6 +27,7 @@ from anomalib_anogen.generation.errors import AnogenInputError
 
 if TYPE_CHECKING:  # torch is imported when a precision is resolved, not when an option is checked
     import torch
+    from lightning.fabric import Fabric
 
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("auto", "32", "bf16", "fp16")
@@ -43,7 +45,8 @@ def dtype_of(precision: str) -> torch.dtype:
 def check_precision(precision: str) -> None:
     """Refuse a ``--precision`` that is none of :data:`PRECISIONS` (an input error, exit code 2)."""
     if precision not in PRECISIONS:
-        raise AnogenInputError(f"--precision must be one of auto, 32, bf16 or fp16 (got {precision!r})")
+        msg = f"--precision must be one of auto, 32, bf16 or fp16 (got {precision!r})"
+        raise AnogenInputError(msg)
 
 
 def resolve_precision(precision: str, device: torch.device | str, training: bool = False) -> str:
@@ -67,15 +70,38 @@ def resolve_precision(precision: str, device: torch.device | str, training: bool
     return "fp16"
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a resolved precision, or None for ``32`` (autocast off)."""
-    return None if precision == "32" else dtype_of(precision)
+# A resolved training precision -> Lightning Fabric's name for it (mixed: fp32 weights, autocast compute).
+FABRIC_PRECISIONS: dict[str, str] = {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
+def fabric_precision(precision: str) -> str:
+    """Lightning Fabric's ``precision=`` for a resolved training precision (``32``, ``bf16`` or ``fp16``)."""
+    return FABRIC_PRECISIONS[precision]
+
+
+def precision_of(fabric: Fabric) -> str:
+    """The resolved training precision (``32``, ``bf16`` or ``fp16``) that ``fabric`` runs."""
+    names = {name: precision for precision, name in FABRIC_PRECISIONS.items()}
+    return names[str(fabric.strategy.precision.precision)]
+
+
+def training_fabric(precision: str, device: torch.device | str) -> Fabric:
+    """A one-device Fabric running ``precision`` (resolved for ``device`` as for training) on ``device``."""
+    import torch
+    from lightning.fabric import Fabric
+
+    device = torch.device(device)
+    resolved = resolve_precision(precision, device, training=True)
+    if device.type == "cuda":
+        return Fabric(accelerator="cuda", devices=[device.index or 0], precision=fabric_precision(resolved))
+    return Fabric(accelerator="cpu", devices=1, precision=fabric_precision(resolved))
 
 
 def check_accelerator(accelerator: str) -> None:
     """Refuse an ``--accelerator`` that is none of :data:`ACCELERATORS` (an input error, exit code 2)."""
     if accelerator not in ACCELERATORS:
-        raise AnogenInputError(f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})")
+        msg = f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})"
+        raise AnogenInputError(msg)
 
 
 def wants_cuda(accelerator: str) -> bool:
@@ -83,6 +109,61 @@ def wants_cuda(accelerator: str) -> bool:
     import torch
 
     return accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available()
+
+
+def check_devices(accelerator: str, devices: int | str, num_nodes: int) -> None:
+    """Refuse ``--accelerator``/``--devices``/``--num_nodes`` out of range, and several nodes without a launcher.
+
+    Several nodes need one process per node started by a launcher (``torchrun --nnodes N`` or SLURM's
+    ``srun``, see docs/generate.md); started on its own, the run would wait for the other nodes forever.
+    """
+    from anomalib_anogen.generation.checks import check_number
+
+    check_accelerator(accelerator)
+    if devices != "auto":
+        check_number("devices", devices, 1, integer=True, note="or auto for every GPU")
+    check_number("num_nodes", num_nodes, 1, integer=True, note="machines, each started by torchrun or SLURM")
+    if num_nodes > 1 and not _launched_by_a_cluster():
+        msg = (
+            f"--num_nodes {num_nodes}: start the command on every node with a launcher "
+            f"(torchrun --nnodes {num_nodes} --node_rank R ..., or srun under SLURM); "
+            "see docs/generate.md, Several machines"
+        )
+        raise AnogenInputError(msg)
+
+
+def _launched_by_a_cluster() -> bool:
+    """Whether torchrun, SLURM or LSF started this process (Lightning's cluster environments)."""
+    from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    return any(env.detect() for env in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment))
+
+
+def launch_fabric(
+    accelerator: str, devices: int | str, units: int, num_nodes: int = 1, precision: str = "32"
+) -> Fabric:
+    """Lightning Fabric over the planned devices of every node, launched (one process per device).
+
+    Args:
+        accelerator: One of :data:`ACCELERATORS`.
+        devices: GPUs per node, or ``auto``; see :func:`plan_devices`.
+        units: Units of work (defects, chunks): never more devices per node than units.
+        num_nodes: Machines; each runs this under a launcher (checked by :func:`check_devices`).
+        precision: The training precision (:data:`PRECISIONS`), resolved for the device kind; generation runs
+            its models in their own dtype and leaves this at ``32``.
+    """
+    from lightning.fabric import Fabric
+
+    kind, count = plan_devices(accelerator, devices, units)
+    fabric = Fabric(
+        accelerator=kind,
+        devices=count,
+        num_nodes=num_nodes,
+        strategy="ddp" if count * num_nodes > 1 else "auto",
+        precision=fabric_precision(resolve_precision(precision, kind, training=True)),
+    )
+    fabric.launch()
+    return fabric
 
 
 def plan_devices(accelerator: str, devices: int | str, units: int) -> tuple[str, int]:
@@ -97,5 +178,6 @@ def plan_devices(accelerator: str, devices: int | str, units: int) -> tuple[str,
         wanted = available if devices == "auto" else int(devices)
         return "cuda", max(1, min(wanted, available, units))
     if accelerator in {"gpu", "cuda"}:
-        raise AnogenInputError(f"--accelerator {accelerator}: no CUDA device is available")
+        msg = f"--accelerator {accelerator}: no CUDA device is available"
+        raise AnogenInputError(msg)
     return "cpu", 1

@@ -79,6 +79,7 @@ def generate(
     precision: str = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
+    num_nodes: int = 1,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -131,6 +132,7 @@ def generate(
             scale, see docs/benchmarks.md bench_precision; fp32 on a CPU) | 32 | bf16 | fp16; a CPU always runs fp32.
         accelerator: auto | cpu | gpu | cuda.
         devices: GPUs to split the work list over, >= 1 (auto: all).
+        num_nodes: Machines to split the work list over, each started by torchrun or SLURM (docs/generate.md); >= 1.
         resume: Continue an interrupted bank with the same settings.
         overwrite: Replace a bank in --output (refused otherwise).
         progress: Show a progress bar with images/s and ETA.
@@ -157,8 +159,9 @@ def generate(
         "writers": writers,
     }
     if placement is None and not placement_foreground:
-        raise AnogenInputError("--placement_foreground false applies only with --placement")
-    check_options(backend, blend, foreground, precision, accelerator, devices, numbers)
+        msg = "--placement_foreground false applies only with --placement"
+        raise AnogenInputError(msg)
+    check_options(backend, blend, foreground, precision, accelerator, devices, num_nodes, numbers)
     output_path = Path(output).expanduser()
     first = is_first_process()
     if first:  # refuse a file or a stranger's folder before the lock file goes there
@@ -242,5 +245,5 @@ def generate(
         with torch_threads(cpu_threads(threads, backend, model)):
             return run(
                 model, sources, items, priors_table, settings, output_path, mode, accelerator, devices, progress,
-                regions, writers,
+                regions, writers, num_nodes,
             )  # fmt: skip

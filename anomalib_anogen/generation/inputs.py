@@ -22,7 +22,7 @@ from anomalib_anogen.generation.boxes import (
     load_priors,
 )
 from anomalib_anogen.generation.checks import SEED_MAX, check_number
-from anomalib_anogen.generation.devices import check_accelerator, check_precision
+from anomalib_anogen.generation.devices import check_devices, check_precision
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.foreground import FOREGROUND_RULES
 from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_rgb, sha256_file
@@ -67,20 +67,24 @@ def list_normals(folder: str | Path, max_images: int | None = None) -> list[Norm
     """The normal images directly in ``folder`` (sorted by name), each decoded once so bad files fail now."""
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise AnogenInputError(f"{root}: normal image folder not found")
+        msg = f"{root}: normal image folder not found"
+        raise AnogenInputError(msg)
     files = []
     for path in sorted(root.iterdir()):
         if path.is_dir() or is_ignored(path):
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise AnogenInputError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+            msg = f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
+            raise AnogenInputError(msg)
         files.append(path)
     if not files:
-        raise AnogenInputError(f"{root}: no normal images found")
+        msg = f"{root}: no normal images found"
+        raise AnogenInputError(msg)
     stems: dict[str, Path] = {}
     for path in files:
         if path.stem in stems:
-            raise AnogenInputError(f"{path}: same name as {stems[path.stem].name}; record ids would collide")
+            msg = f"{path}: same name as {stems[path.stem].name}; record ids would collide"
+            raise AnogenInputError(msg)
         stems[path.stem] = path
     files = files[:max_images] if max_images else files
     return [NormalImage(i, p, sha256_file(p), load_rgb(p).size) for i, p in enumerate(files)]
@@ -90,13 +94,16 @@ def discover_embeddings(folder: str | None) -> DefectSources:
     from anomalib_anogen.generation.embeddings import is_finished, load_embedding
 
     if folder is None:
-        raise AnogenInputError("--embeddings is required for --backend diffusion (or use --backend paste --support)")
+        msg = "--embeddings is required for --backend diffusion (or use --backend paste --support)"
+        raise AnogenInputError(msg)
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise AnogenInputError(f"{root}: embeddings folder not found")
+        msg = f"{root}: embeddings folder not found"
+        raise AnogenInputError(msg)
     found = {p.name: load_embedding(p) for p in sorted(root.iterdir()) if p.is_dir() and is_finished(p)}
     if not found:
-        raise AnogenInputError(f"{root}: no learned embeddings (expected <defect>/learned_embeds.safetensors)")
+        msg = f"{root}: no learned embeddings (expected <defect>/learned_embeds.safetensors)"
+        raise AnogenInputError(msg)
     return DefectSources(names=sorted(found), embeddings=found, where=f"embedding in {root}")
 
 
@@ -105,7 +112,8 @@ def discover_cutouts(folder: str | None) -> DefectSources:
     from anomalib_anogen.generation.support import discover_support, load_support
 
     if folder is None:
-        raise AnogenInputError("--support is required for --backend paste")
+        msg = "--support is required for --backend paste"
+        raise AnogenInputError(msg)
     found = discover_support(folder)
     loaded = load_support(found)
     cutouts = {defect: [cut(pair) for pair in pairs] for defect, pairs in loaded.items()}
@@ -123,22 +131,26 @@ def match_defects(
     if wanted:
         for defect in wanted:
             if defect not in priors:
-                raise AnogenInputError(f"--defects {defect}: no box prior in {priors_name}")
+                msg = f"--defects {defect}: no box prior in {priors_name}"
+                raise AnogenInputError(msg)
             if defect not in sources.names:
-                raise AnogenInputError(f"--defects {defect}: no {sources.where}")
+                msg = f"--defects {defect}: no {sources.where}"
+                raise AnogenInputError(msg)
         return sorted(set(wanted))
     no_source = sorted(set(priors) - set(sources.names))
     if no_source:
-        raise AnogenInputError(
+        msg = (
             f"{priors_name} names defect(s) {', '.join(no_source)} without {_with_article(sources.where)} "
             f"(have: {', '.join(sources.names)}); remove them from the priors or pass --defects"
         )
+        raise AnogenInputError(msg)
     no_prior = sorted(set(sources.names) - set(priors))
     if no_prior:
-        raise AnogenInputError(
+        msg = (
             f"defect(s) {', '.join(no_prior)} have {_with_article(sources.where)} but no box prior in {priors_name} "
             f"(it names: {', '.join(sorted(priors))}); add them or pass --defects"
         )
+        raise AnogenInputError(msg)
     return sorted(priors)
 
 
@@ -170,10 +182,11 @@ def _support_masks(sources: DefectSources, support: str | None, backend: str) ->
         pairs = {name: [c.source for c in cutouts] for name, cutouts in sources.cutouts.items()}
         return pairs, Path(str(support)).expanduser()
     if support is None:
-        raise AnogenInputError(
+        msg = (
             "--priors auto derives the box sizes from the support masks: pass --support (the folder given to "
             "`anogen learn`), or a --priors file"
         )
+        raise AnogenInputError(msg)
     found = discover_support(support)
     learned = [name for name in found.defects if name in sources.names]  # support folders without an embedding
     found.pairs = {name: found.pairs[name] for name in learned}  # are not generated: no prior needed for them
@@ -201,10 +214,11 @@ def choose_priors(
         if shipped is None:
             what = f"category {category!r}" if category else f"{normal} (no MVTec category in the path)"
             if backend == "diffusion" and support is None:
-                raise AnogenInputError(
+                msg = (
                     f"the shipped MVTec box priors have none for {what}: pass --priors FILE, or --priors auto with "
                     "--support (the support set, whose masks give the box sizes)"
                 )
+                raise AnogenInputError(msg)
             logger.info(
                 "the shipped MVTec box priors have none for %s: deriving them from the support masks (--priors auto)",
                 what,
@@ -213,9 +227,8 @@ def choose_priors(
         else:
             category = shipped
     if not auto and (margin != AUTO_MARGIN or not rotate):
-        raise AnogenInputError(
-            "--priors_margin and --priors_rotate apply to priors derived from the support masks (--priors auto) only"
-        )
+        msg = "--priors_margin and --priors_rotate apply to priors derived from the support masks (--priors auto) only"
+        raise AnogenInputError(msg)
     if not auto:
         table, found = load_priors(priors, category, normal)
         shipped_name = "the shipped MVTec priors (anomalib_anogen/generation/mvtec_box_ranges.json)"
@@ -253,17 +266,19 @@ def load_model(spec: str | None, revision: str | None, sources: DefectSources) -
     if spec is None:
         if len(ids) != 1:
             found = ", ".join(sorted(ids)) or "none recorded"
-            raise AnogenInputError(f"pass --backbone: the embeddings do not name one backbone ({found})")
+            msg = f"pass --backbone: the embeddings do not name one backbone ({found})"
+            raise AnogenInputError(msg)
         spec = ids.pop()
     seeds = {info.get("seed") for info in recorded.values() if info.get("id") == spec and info.get("seed") is not None}
     model = load_backbone(spec, revision=revision, seed=int(seeds.pop()) if len(seeds) == 1 else 0)
     for name, info in recorded.items():
         expected = info.get("weights_sha256")
         if expected and expected != model.fingerprint():
-            raise AnogenInputError(
+            msg = (
                 f"{sources.embeddings[name].path}: learned on backbone {info.get('id')!r} with other weights "
                 f"than --backbone {spec!r}; generate with the backbone it was learned on"
             )
+            raise AnogenInputError(msg)
     return model
 
 
@@ -283,21 +298,23 @@ def check_options(
     precision: str,
     accelerator: str,
     devices: int | str,
+    num_nodes: int,
     numbers: dict[str, Any],
 ) -> None:
     """Choices and numeric ranges, before any work and before any output exists (see docs/generate.md)."""
     if backend not in BACKENDS:
-        raise AnogenInputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+        msg = f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})"
+        raise AnogenInputError(msg)
     from anomalib_anogen.generation.paste import BLENDS
 
     if blend not in BLENDS:
-        raise AnogenInputError(f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})")
+        msg = f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})"
+        raise AnogenInputError(msg)
     if foreground not in FOREGROUND_RULES:
-        raise AnogenInputError(f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})")
+        msg = f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})"
+        raise AnogenInputError(msg)
     check_precision(precision)
-    check_accelerator(accelerator)
-    if devices != "auto":
-        check_number("devices", devices, 1, integer=True, note="or auto for every GPU")
+    check_devices(accelerator, devices, num_nodes)
     check_number("per_image", numbers["per_image"], 1, integer=True)
     # more samples per box than --per_image is allowed: every record of an image and defect then shares one box
     check_number("samples_per_box", numbers["samples_per_box"], 1, integer=True)
@@ -326,6 +343,5 @@ def check_for_model(model: Any, steps: int, resolution: int) -> None:
     check_number("steps", steps, 1, limit, integer=True, note=f"the training timesteps of backbone {model.spec}")
     factor = model.vae_scale_factor
     if resolution % factor:
-        raise AnogenInputError(
-            f"--resolution must be a multiple of {factor}, the VAE factor of backbone {model.spec} (got {resolution})"
-        )
+        msg = f"--resolution must be a multiple of {factor}, the VAE factor of backbone {model.spec} (got {resolution})"
+        raise AnogenInputError(msg)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from anomalib_anogen import __version__
-from anomalib_anogen.generation.devices import check_accelerator, plan_devices
+from anomalib_anogen.generation.devices import check_devices, launch_fabric
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.support import LoadedPair, SupportSet, discover_support, load_support, sha256_file
 from anomalib_anogen.generation.threads import torch_threads
@@ -64,14 +63,13 @@ def _support_record(support: SupportSet, pairs: list[LoadedPair]) -> dict[str, A
     return record
 
 
-def _check_run_options(accelerator: str, devices: int | str, threads: int | None) -> None:
+def _check_run_options(accelerator: str, devices: int | str, num_nodes: int, threads: int | None) -> None:
     """Refuse run options out of range (the hyper-parameters are LearnConfig.validate's)."""
-    check_accelerator(accelerator)
-    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
-        raise AnogenInputError(f"--devices must be auto or a number of GPUs, 1 or more (got {devices!r})")
+    check_devices(accelerator, devices, num_nodes)
     cores = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cores:
-        raise AnogenInputError(f"--threads must lie in [1, {cores}], the CPU cores of this machine (got {threads})")
+        msg = f"--threads must lie in [1, {cores}], the CPU cores of this machine (got {threads})"
+        raise AnogenInputError(msg)
 
 
 def learn(
@@ -93,6 +91,7 @@ def learn(
     precision: str = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
+    num_nodes: int = 1,
     overwrite: bool = False,
     progress: bool = True,
     threads: int | None = None,
@@ -122,6 +121,7 @@ def learn(
             CPU) | 32 | bf16 | fp16; a CPU always trains in fp32.
         accelerator: auto | cpu | gpu.
         devices: GPUs to spread the defects over, 1 or more (auto: all, at most one per defect).
+        num_nodes: Machines to spread the defects over, each started by torchrun or SLURM (docs/learn.md); 1 or more.
         overwrite: Replace finished embeddings in --output (refused otherwise).
         progress: Show a progress bar with the current loss.
         threads: CPU threads for torch, 1 to the machine's core count (default: 1 for the tiny backbones, whose
@@ -149,26 +149,21 @@ def learn(
         precision=precision,
     )
     config.validate()
-    _check_run_options(accelerator, devices, threads)
+    _check_run_options(accelerator, devices, num_nodes, threads)
     found = discover_support(support, shots=shots, seed=seed, defects=defects)
     names = found.defects
     if "{defect}" not in token and len(names) > 1:
-        raise AnogenInputError(f"--token {token!r} has no {{defect}} but {len(names)} defects would share it")
+        msg = f"--token {token!r} has no {{defect}} but {len(names)} defects would share it"
+        raise AnogenInputError(msg)
     loaded = load_support(found)
     output_path = Path(output).expanduser()
     finished = check_embeddings_output(output_path, names, overwrite, keep_finished=True)
     planned = {name: _planned_metadata(name, token, config, found, loaded[name]) for name in names}
     kept = {name: _check_kept(output_path / name, planned[name]) for name in finished}
     todo = [name for name in names if name not in kept]
-    kind, count = plan_devices(accelerator, devices, max(1, len(todo)))
-    cpu_threads = (
-        (threads or 1) if kind == "cpu" and (threads is not None or backbone in {"tiny", "tiny-ldm"}) else None
-    )
-
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
-    fabric.launch()
+    fabric = launch_fabric(accelerator, devices, max(1, len(todo)), num_nodes, config.precision)
+    on_cpu = fabric.device.type == "cpu"
+    cpu_threads = (threads or 1) if on_cpu and (threads is not None or backbone in {"tiny", "tiny-ldm"}) else None
     mine = todo[fabric.global_rank :: fabric.world_size]
     with torch_threads(cpu_threads):
         written = _learn_on_rank(
@@ -286,10 +281,11 @@ def _refuse_if_different(folder: Path, old: dict[str, Any], new: dict[str, Any],
         else:
             changed.append(f"{key} {before.get(key)!r}, now {now[key]!r}")
     if changed:
-        raise AnogenInputError(
+        msg = (
             f"{folder}: learned with other settings than this run ({'; '.join(changed)}); "
             "pass --overwrite to relearn every defect, or choose another --output"
         )
+        raise AnogenInputError(msg)
 
 
 def _check_kept(folder: Path, planned: dict[str, Any]) -> dict[str, Any]:
@@ -299,12 +295,14 @@ def _check_kept(folder: Path, planned: dict[str, Any]) -> dict[str, Any]:
     try:
         metadata = load_embedding(folder).metadata
     except AnogenInputError as error:
-        raise AnogenInputError(f"{error}; --overwrite relearns every defect") from error
+        msg = f"{error}; --overwrite relearns every defect"
+        raise AnogenInputError(msg) from error
     if not isinstance(metadata.get("hyperparameters"), dict):
-        raise AnogenInputError(
+        msg = (
             f"{folder}: holds an embedding that anogen learn did not write (no hyper-parameters in its "
             f"{METADATA_FILE}); pass --overwrite to relearn every defect, or choose another --output"
         )
+        raise AnogenInputError(msg)
     _refuse_if_different(folder, metadata, planned, backbone_stage=False)
     return metadata
 
@@ -353,7 +351,14 @@ def _learn_on_rank(
         if torch.cuda.is_available() and fabric.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(fabric.device)
         result = learn_embedding(
-            model, loaded[defect], plan["token"], config, device=fabric.device, progress=progress, description=defect
+            model,
+            loaded[defect],
+            plan["token"],
+            config,
+            device=fabric.device,
+            progress=progress,
+            description=defect,
+            fabric=fabric,
         )
         metadata = {
             "format": METADATA_FORMAT,
@@ -421,13 +426,16 @@ def import_embedding(
     )
 
     if defect is not None and (not defect or defect.startswith(".") or "/" in defect or os.sep in defect):
-        raise AnogenInputError(f"--defect {defect!r} must be a folder name (not empty, no '/', not starting with '.')")
+        msg = f"--defect {defect!r} must be a folder name (not empty, no '/', not starting with '.')"
+        raise AnogenInputError(msg)
     files = released_inputs([input] if isinstance(input, str) else list(input), category)
     if defect is not None and len(files) != 1:
-        raise AnogenInputError(f"--defect names one output but {len(files)} input files were given")
+        msg = f"--defect names one output but {len(files)} input files were given"
+        raise AnogenInputError(msg)
     names = [defect or released_defect_name(file, category) for file in files]
     if len(set(names)) != len(names):
-        raise AnogenInputError(f"two input files map to the same defect name ({sorted(names)})")
+        msg = f"two input files map to the same defect name ({sorted(names)})"
+        raise AnogenInputError(msg)
     loaded = [load_released(file) for file in files]  # every file is checked before anything is written
     output_path = Path(output).expanduser()
     check_embeddings_output(output_path, names, overwrite)
@@ -459,9 +467,3 @@ def import_embedding(
         logger.info("%s: wrote %s and %s from %s", name, folder / EMBEDDING_FILE, METADATA_FILE, file)
         written.append(folder)
     return written
-
-
-def remove_if_created_empty(output: Path, existed_before: bool) -> None:
-    """Leave no empty --output behind when a run that created it failed."""
-    if not existed_before and output.is_dir() and not any(output.iterdir()):
-        shutil.rmtree(output, ignore_errors=True)

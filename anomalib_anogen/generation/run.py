@@ -138,16 +138,15 @@ def run(
     progress: bool,
     placement: Placement | None = None,
     writers: int = 0,
+    num_nodes: int = 1,
 ) -> Path:
-    from lightning.fabric import Fabric
-
-    from anomalib_anogen.generation.devices import plan_devices
+    from anomalib_anogen.generation.devices import launch_fabric
 
     batch = settings.batch_size or 1
     chunks = chunks_of(items, batch)
-    kind, count = plan_devices(accelerator, devices, len(chunks)) if model is not None else ("cpu", 1)
-    fabric = Fabric(accelerator=kind, devices=count, strategy="ddp" if count > 1 else "auto")
-    fabric.launch()
+    if model is None:  # paste: one CPU process per node
+        accelerator, devices = "cpu", 1
+    fabric = launch_fabric(accelerator, devices, len(chunks), num_nodes)
     order = {item.record_id: item.order for item in items}
     writer = BankWriter(output, settings.to_json(), writers)
     if fabric.global_rank == 0:

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,9 +28,12 @@ from PIL import Image
 from torch import nn
 
 from anomalib_anogen.generation.backbones import Backbone
-from anomalib_anogen.generation.devices import autocast_dtype, check_precision, resolve_precision
+from anomalib_anogen.generation.devices import check_precision, precision_of, training_fabric
 from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.support import LoadedPair, sha256_bytes
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
 
 logger = logging.getLogger(__name__)
 
@@ -162,21 +165,27 @@ class LearnConfig:
     def validate(self) -> None:
         """Refuse settings that cannot train, or not sensibly (as input errors, exit code 2), with the range."""
         if not 1 <= self.steps <= MAX_STEPS:
-            raise AnogenInputError(f"--steps must lie in [1, {MAX_STEPS}] (got {self.steps})")
+            msg = f"--steps must lie in [1, {MAX_STEPS}] (got {self.steps})"
+            raise AnogenInputError(msg)
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            raise AnogenInputError(f"--batch_size must lie in [1, {MAX_BATCH_SIZE}] (got {self.batch_size})")
+            msg = f"--batch_size must lie in [1, {MAX_BATCH_SIZE}] (got {self.batch_size})"
+            raise AnogenInputError(msg)
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
-            raise AnogenInputError(f"--lr must lie in (0, {MAX_LR:g}] (got {self.lr})")
+            msg = f"--lr must lie in (0, {MAX_LR:g}] (got {self.lr})"
+            raise AnogenInputError(msg)
         if not 0.0 <= self.hflip_p <= 1.0:
-            raise AnogenInputError(f"--hflip_p must lie in [0, 1] (got {self.hflip_p})")
+            msg = f"--hflip_p must lie in [0, 1] (got {self.hflip_p})"
+            raise AnogenInputError(msg)
         if not 0 <= self.seed <= MAX_SEED:
-            raise AnogenInputError(f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})")
+            msg = f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})"
+            raise AnogenInputError(msg)
         check_precision(self.precision)
         if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
-            raise AnogenInputError(
+            msg = (
                 f"--resolution must be a multiple of 8 in [8, {MAX_RESOLUTION}], or null for the backbone's native "
                 f"one (got {self.resolution})"
             )
+            raise AnogenInputError(msg)
 
 
 @dataclass
@@ -296,17 +305,18 @@ def _placeholder_tokens(backbone: Backbone, token: str, init_word: str) -> tuple
     """
     tokenizer = copy.deepcopy(backbone.tokenizer)
     if token in tokenizer.get_vocab():
-        raise AnogenInputError(f"token {token!r} already exists in the backbone's vocabulary; pick another --token")
+        msg = f"token {token!r} already exists in the backbone's vocabulary; pick another --token"
+        raise AnogenInputError(msg)
     init_ids = tokenizer.encode(init_word, add_special_tokens=False)
     if len(init_ids) != 1:
-        raise AnogenInputError(
-            f"--init_word {init_word!r} is {len(init_ids)} tokens for this backbone; it must be one token"
-        )
+        msg = f"--init_word {init_word!r} is {len(init_ids)} tokens for this backbone; it must be one token"
+        raise AnogenInputError(msg)
     tokenizer.add_tokens([token])
     token_id = int(tokenizer.convert_tokens_to_ids(token))
     prompt_ids = backbone.tokenize([t.format(token) for t in TEMPLATES], tokenizer=tokenizer)
     if not (prompt_ids == token_id).any(dim=1).all():
-        raise AnogenInputError(f"token {token!r} is cut off by the tokenizer's maximum length")
+        msg = f"token {token!r} is cut off by the tokenizer's maximum length"
+        raise AnogenInputError(msg)
     return tokenizer, token_id, int(init_ids[0]), prompt_ids
 
 
@@ -396,17 +406,23 @@ def learn_embedding(
     progress: bool = True,
     description: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    fabric: Fabric | None = None,
 ) -> LearnResult:
-    """Learn one defect's token on ``backbone`` (already on ``device``) from its support ``pairs``."""
+    """Learn one defect's token on ``backbone`` (already on ``device``) from its support ``pairs``.
+
+    Mixed precision (autocast, and a gradient scaler for fp16) is Lightning Fabric's: ``fabric`` is the
+    run's (``anogen learn`` builds it with ``config.precision`` resolved for its devices); without one, a
+    one-device Fabric is made for ``device``.
+    """
     config.validate()
     device = device if device is not None else backbone.device
-    precision = resolve_precision(config.precision, device, training=True)
+    fabric = fabric if fabric is not None else training_fabric(config.precision, device)
     module = MaskedTextualInversion(backbone, pairs, token, config, device)
     initial = module.learned_vector()
     lr = config.effective_lr()
-    optimizer = torch.optim.AdamW([module.placeholder.vectors], lr=lr, weight_decay=config.weight_decay)
-    dtype = autocast_dtype(precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    optimizer = fabric.setup_optimizers(
+        torch.optim.AdamW([module.placeholder.vectors], lr=lr, weight_decay=config.weight_decay)
+    )
     generator = torch.Generator().manual_seed(config.seed)
     order = _order(module.cache.count, config.steps, config.batch_size, generator)
     losses: list[float] = []
@@ -415,15 +431,15 @@ def learn_embedding(
     start = time.perf_counter()
     try:
         for step in range(config.steps):
-            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            with fabric.autocast():
                 loss = module.loss(generator, config.batch_size, order[step])
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            fabric.backward(loss)
+            optimizer.step()
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise RuntimeError(f"{token}: loss became {value} at step {step}; try --precision 32 or a lower --lr")
+                msg = f"{token}: loss became {value} at step {step}; try --precision 32 or a lower --lr"
+                raise RuntimeError(msg)
             losses.append(value)
             if on_step is not None:
                 on_step(step, value)
@@ -438,15 +454,15 @@ def learn_embedding(
         token=token,
         init_word=config.init_word,
         vector=learned,
-        loss_start=evaluate_loss(backbone, pairs, token, initial, config, device=device),
-        loss_end=evaluate_loss(backbone, pairs, token, learned, config, device=device),
+        loss_start=evaluate_loss(backbone, pairs, token, initial, config, device=device, fabric=fabric),
+        loss_end=evaluate_loss(backbone, pairs, token, learned, config, device=device, fabric=fabric),
         losses=losses,
         train_loss_first=float(np.mean(losses[:window])),
         train_loss_last=float(np.mean(losses[-window:])),
         loss_window=window,
         lr=lr,
         resolution=module.resolution,
-        precision=precision,
+        precision=precision_of(fabric),
         device=str(device),
         seconds=seconds,
     )
@@ -462,11 +478,13 @@ def evaluate_loss(
     draws: int = 64,
     seed: int = 1234,
     device: torch.device | None = None,
+    fabric: Fabric | None = None,
 ) -> float:
     """Masked loss of ``vector`` for ``token`` over fixed noise draws, no flips: a low-variance comparison.
 
     The per-step training loss is dominated by the random timestep, so start and end are compared here,
-    with the same draws for the initial and the learned vector.
+    with the same draws for the initial and the learned vector, in ``fabric``'s precision (see
+    :func:`learn_embedding`).
     """
     evaluation = copy.copy(config)
     evaluation.hflip_p = 0.0
@@ -476,12 +494,12 @@ def evaluate_loss(
     chunk = min(8, draws)
     batches = math.ceil(draws / chunk)
     order = _order(module.cache.count, batches, chunk, generator)
-    dtype = autocast_dtype(resolve_precision(config.precision, module.device_, training=True))
+    fabric = fabric if fabric is not None else training_fabric(config.precision, module.device_)
     module.install()
     try:
         values = []
         for index in range(batches):
-            with torch.autocast(device_type=module.device_.type, dtype=dtype, enabled=dtype is not None):
+            with fabric.autocast():
                 values.append(float(module.loss(generator, chunk, order[index])))
     finally:
         module.uninstall()
