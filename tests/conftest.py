@@ -1,19 +1,14 @@
-"""Shared fixtures: the real data beside the checkout, and small data the tests make themselves."""
+"""Fixtures only: the small data the tests make themselves, threads, signals and the OpenVINO default switch.
+
+Helpers that tests import (paths of the real data, markers, toy inputs, CLI runners, bank factory) live in
+``tests/helpers/``.
+"""
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-BOTTLE = SHARED / "MVTecAD" / "bottle"
-DTD = SHARED / "dtd" / "images"
-SUPPORT_BOTTLE = SHARED / "support" / "bottle"
-RELEASED_EMBEDDINGS = SHARED / "anogen_reference" / "released_embeddings"
 
 # Lightning and anomalib write next to the working directory unless told otherwise.
 os.environ.setdefault("ANOMALIB_LOG_LEVEL", "WARNING")
@@ -88,30 +83,6 @@ def _openvino_default_precision() -> Iterator[None]:
         openvino.Core = original
 
 
-def needs_shared_bottle() -> pytest.MarkDecorator:
-    """Skip (with the reason) when ../shared/data/MVTecAD/bottle is not beside the checkout."""
-    return pytest.mark.skipif(
-        not (BOTTLE / "train" / "good").is_dir(),
-        reason=f"real MVTec AD bottle not found at {BOTTLE} (../shared/data beside the checkout)",
-    )
-
-
-def needs_shared_support() -> pytest.MarkDecorator:
-    """Skip (with the reason) when the 3-shot bottle support set is not in ../shared/data/support/bottle."""
-    return pytest.mark.skipif(
-        not (SUPPORT_BOTTLE / "broken_large").is_dir(),
-        reason=f"bottle support set not found at {SUPPORT_BOTTLE} (../shared/data beside the checkout)",
-    )
-
-
-def needs_released_embeddings() -> pytest.MarkDecorator:
-    """Skip (with the reason) when the authors' released embeddings are not in ../shared/data."""
-    return pytest.mark.skipif(
-        not (RELEASED_EMBEDDINGS / "bottle_broken_large.pt").is_file(),
-        reason=f"released AnoGen embeddings not found at {RELEASED_EMBEDDINGS} (../shared/data beside the checkout)",
-    )
-
-
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MVTec-layout category ``toy_bottle`` (48 px) under the returned root."""
@@ -120,16 +91,3 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("toy_mvtec")
     make_toy_category(root, size=48, n_train=8, n_test_good=3, n_test_per_defect=2)
     return root
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a console script of the test environment (``anomalib``, ...) in a fresh process."""
-    executable = Path(sys.executable).with_name(args[0])
-    return subprocess.run(
-        [str(executable), *args[1:]],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

@@ -18,8 +18,9 @@ from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, BankError, lo
 from anomalib_anogen.data.generators import AnoGenAnomalyGenerator, PerlinGenerator, build_generator
 from anomalib_anogen.models import DraemWeak
 
-from .bank_factory import make_bank, pixels_sha256
-from .conftest import REPO, run_cli
+from .helpers.bank_factory import make_bank, pixels_sha256
+from .helpers.cli import run_cli
+from .helpers.data import REPO
 
 
 @pytest.fixture(scope="module")

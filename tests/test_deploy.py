@@ -32,7 +32,7 @@ from anomalib_anogen.deploy import (
 from anomalib_anogen.models import Destseg, DestsegWeak, DraemWeak
 from anomalib_anogen.models.components import degenerate_normalisation
 
-from .conftest import BOTTLE, REPO, needs_shared_bottle
+from .helpers.data import BOTTLE, REPO, needs_shared_bottle
 
 SIZE = (64, 64)
 # f32: OpenVINO and torch differ by float rounding only.

@@ -1,6 +1,5 @@
 """Destseg and DestsegWeak: shapes, phases, weak focal rule, teacher weights, training, export, CLI, bad input."""
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +14,8 @@ from anomalib_anogen.models.components import weak_weights_from_probability
 from anomalib_anogen.models.image.destseg import DestsegLoss
 from anomalib_anogen.models.image.destseg_weak import DestsegWeakLoss
 
-from .conftest import BOTTLE, DTD, REPO, needs_shared_bottle, run_cli
-
-RANDOM = "random"
-
-
-def tiny(model_class: type = Destseg, size: int = 64, **kwargs: object) -> Destseg | DestsegWeak:
-    """A model on small images with a short schedule and a random teacher.
-
-    Not below 64 px: at 32 px ResNet's layer 4 is 1x1, BatchNorm statistics over a batch of 2 such maps are
-    degenerate, and the student's eval-mode features overflow after a couple of steps at lr 0.4.
-    """
-    arguments = {"pretrained_weights": RANDOM, "steps": 4, "de_st_steps": 2, "T": 10, "visualizer": False}
-    arguments.update(kwargs)
-    return model_class(pre_processor=model_class.configure_pre_processor((size, size)), **arguments)
+from .helpers.data import BOTTLE, DTD, needs_shared_bottle
+from .helpers.models import RANDOM, small_destseg
 
 
 def logits_for(probability: torch.Tensor) -> torch.Tensor:
@@ -40,7 +27,7 @@ def logits_for(probability: torch.Tensor) -> torch.Tensor:
 
 
 def test_forward_shapes_and_top_t_score() -> None:
-    model = tiny().model.eval()
+    model = small_destseg().model.eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         teacher = model.teacher_features(images)
@@ -60,7 +47,7 @@ def test_forward_shapes_and_top_t_score() -> None:
 
 def test_one_image_training_batch_does_not_crash_the_segmentation_network() -> None:
     """The last batch of an epoch can hold one image (bottle: 209 training images at batch 8)."""
-    model = tiny().model.train()
+    model = small_destseg().model.train()
     images = torch.rand(1, 3, 64, 64)
     teacher = model.teacher_features(images)
     student = model.student_features(images, [feature.shape[-2:] for feature in teacher])
@@ -71,7 +58,7 @@ def test_one_image_training_batch_does_not_crash_the_segmentation_network() -> N
 
 
 def test_teacher_is_frozen_and_student_and_segmentation_train() -> None:
-    model = tiny().model
+    model = small_destseg().model
     assert not any(p.requires_grad for p in model.teacher.parameters())
     assert all(p.requires_grad for p in model.student.parameters())
     assert all(p.requires_grad for p in model.segmentation.parameters())
@@ -81,7 +68,7 @@ def test_teacher_is_frozen_and_student_and_segmentation_train() -> None:
 
 
 def test_optimisers_use_published_rates() -> None:
-    model = tiny()
+    model = small_destseg()
     student, segmentation = model.configure_optimizers()
     assert [group["lr"] for group in student.param_groups] == [0.4]
     assert [group["lr"] for group in segmentation.param_groups] == [0.1, 0.01]
@@ -161,7 +148,7 @@ def test_forgotten_teacher_weights_stop_training_with_a_clear_error(tmp_path: Pa
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
 
-    model = tiny(pretrained_weights=None)
+    model = small_destseg(pretrained_weights=None)
     datamodule = MVTecAD(root=toy_root, category="toy_bottle", train_batch_size=4, eval_batch_size=4, num_workers=0)
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match=r"no teacher weights.*pretrained_weights=PATH.*'random'"):
@@ -286,7 +273,7 @@ def test_student_trains_only_in_phase_one_and_segmentation_only_in_phase_two(tmp
     from anomalib.engine import Engine
 
     seed_everything(0)
-    model = tiny(steps=5, de_st_steps=2)
+    model = small_destseg(steps=5, de_st_steps=2)
     snapshots = Snapshots()
     datamodule = MVTecAD(root=toy_root, category="toy_bottle", train_batch_size=2, eval_batch_size=4, num_workers=0)
     engine = Engine(
@@ -317,7 +304,7 @@ def test_destseg_weak_trains_a_few_steps_on_real_bottle_images(tmp_path: Path) -
     from anomalib.engine import Engine
 
     seed_everything(0)
-    model = tiny(DestsegWeak, dtd_dir=DTD if DTD.is_dir() else None, T=50)
+    model = small_destseg(DestsegWeak, dtd_dir=DTD if DTD.is_dir() else None, T=50)
     datamodule = MVTecAD(root=BOTTLE.parent, category="bottle", train_batch_size=4, eval_batch_size=16, num_workers=0)
     engine = Engine(
         default_root_dir=tmp_path,
@@ -335,7 +322,7 @@ def test_destseg_weak_trains_a_few_steps_on_real_bottle_images(tmp_path: Path) -
 
 
 def test_synthesize_gives_exact_masks_on_the_clean_target() -> None:
-    model = tiny(DestsegWeak)
+    model = small_destseg(DestsegWeak)
     images = torch.rand(4, 3, 32, 32)
     synthetic = model.synthesize(images)
     assert synthetic.image.shape == images.shape and synthetic.mask.shape == (4, 1, 32, 32)
@@ -361,7 +348,7 @@ def test_p_cutoff_outside_unit_interval_is_rejected(p_cutoff: float) -> None:
 
 
 def test_t_larger_than_the_anomaly_map_is_rejected_at_run_time() -> None:
-    model = tiny(T=100).model.eval()
+    model = small_destseg(T=100).model.eval()
     with torch.no_grad():
         model(torch.rand(1, 3, 16, 16))  # 256 values: fine
         with pytest.raises(ValueError, match=r"T=100 is larger than the anomaly map \(8x8 = 64 values\)"):
@@ -383,78 +370,6 @@ def test_missing_dtd_dir_is_rejected_without_download(tmp_path: Path) -> None:
 
 
 # --- anomalib's CLI ------------------------------------------------------------------------------------------
-
-
-def test_cli_resolves_destseg_by_short_name(tmp_path: Path) -> None:
-    result = run_cli(["anomalib", "fit", "--model", "Destseg", "--model.T", "50", "--print_config"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # The full module path, or the shorter public one where the plugin registers it.
-    assert re.search(
-        r"class_path: anomalib_anogen\.models\.(image\.destseg\.lightning_model\.)?Destseg\n", result.stdout
-    )
-    assert "T: 50" in result.stdout
-
-
-def test_cli_model_help_lists_destseg_weak_arguments(tmp_path: Path) -> None:
-    result = run_cli(["anomalib", "train", "--model.help", "DestsegWeak"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for argument in ("--model.pretrained_weights", "--model.p_cutoff", "--model.de_st_steps", "--model.T"):
-        assert argument in result.stdout
-
-
-@pytest.mark.slow
-def test_yaml_config_trains_and_exports_through_the_cli(tmp_path: Path, toy_root: Path) -> None:
-    """configs/destseg_weak.yaml with a random teacher and a tiny schedule: train (+ test), then export."""
-    common = ["--model.pretrained_weights", RANDOM, "--model.steps", "2", "--model.de_st_steps", "1", "--model.T", "10"]
-    train = run_cli(
-        [
-            "anomalib",
-            "train",
-            "--config",
-            str(REPO / "configs" / "destseg_weak.yaml"),
-            *common,
-            "--model.dtd_dir",
-            "null",
-            "--data.root",
-            str(toy_root),
-            "--data.category",
-            "toy_bottle",
-            "--data.num_workers",
-            "0",
-            "--data.train_batch_size",
-            "4",
-            "--data.eval_batch_size",
-            "4",
-            "--trainer.accelerator",
-            "cpu",
-            "--default_root_dir",
-            str(tmp_path / "results"),
-        ],
-        cwd=tmp_path,
-    )
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-4000:]
-    assert "pixel_AUPR" in train.stdout
-    checkpoints = sorted((tmp_path / "results").rglob("*.ckpt"))
-    assert checkpoints, train.stdout[-2000:]
-    export = run_cli(
-        [
-            "anomalib",
-            "export",
-            "--model",
-            "DestsegWeak",
-            "--ckpt_path",
-            str(checkpoints[-1]),
-            "--export_type",
-            "openvino",
-            "--onnx_kwargs",
-            '{"opset_version": 18}',
-            "--default_root_dir",
-            str(tmp_path / "exported"),
-        ],
-        cwd=tmp_path,
-    )
-    assert export.returncode == 0, export.stdout[-2000:] + export.stderr[-4000:]
-    assert list((tmp_path / "exported").rglob("model.xml")), export.stdout[-2000:]
 
 
 def test_library_focal_loss_and_normalisation_give_destsegs_numbers() -> None:

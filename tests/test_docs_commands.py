@@ -22,7 +22,7 @@ How the commands run:
   ``anogen generate ... --resume true`` is the nearest earlier ``anogen generate`` command of its file with
   ``--resume true``;
 * ``anomalib`` and ``anogen`` run in processes forked from one that imported their CLIs once
-  (:mod:`tests.cli_server`): fresh processes, without ~15 s of imports each; ``python`` commands run in
+  (:mod:`tests.helpers.cli_server`): fresh processes, without ~15 s of imports each; ``python`` commands run in
   plain fresh processes.
 """
 
@@ -38,8 +38,9 @@ from subprocess import CompletedProcess
 
 import pytest
 
-from .cli_server import CliServer
-from .conftest import BOTTLE, DTD, REPO, SHARED, needs_shared_bottle, needs_shared_support, run_cli
+from .helpers.cli import cli_server, run_cli
+from .helpers.cli_server import CliServer
+from .helpers.data import BOTTLE, DTD, REPO, SHARED, needs_shared_bottle, needs_shared_support
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
@@ -279,6 +280,11 @@ SKIPS: tuple[tuple[str, str], ...] = (
         r"anogen learn --config configs/anogen/learn_bottle\.yaml --backbone models/ldm-text2im-large-256",
         "needs the paper's LDM weights on disk; nothing downloads here (the same learning runs above on tiny)",
     ),
+    (
+        r"(torchrun --nnodes 2 .*|srun anogen generate .*)",
+        "needs two machines sharing a folder: tests/test_multinode.py runs learn and generate under torchrun "
+        "with two local nodes and compares them with one process",
+    ),
     (r"python benchmarks/bench_\w+\.py --device cuda .*", "GPU only; scripts/test.sh runs the script with --smoke"),
     (
         r"python benchmarks/bench_\w+\.py( .*)?",
@@ -470,12 +476,10 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.runs: dict[tuple, Run] = {}
-        self.server: CliServer | None = None
         make_shared_view(root / "shared" / "data")
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        """Nothing to end: the CLI server is the suite's (:func:`cli_server`)."""
 
     def run(self, command: DocsCommand) -> Run:
         rule = rule_of(command)
@@ -509,9 +513,7 @@ class Workspace:
             else:
                 (cwd / path).symlink_to(source.resolve())
         if argv[0] in CliServer.commands:
-            if self.server is None:
-                self.server = CliServer()
-            result = self.server.run(list(argv), cwd, cwd.parent / f"{cwd.name}.log")
+            result = cli_server().run(list(argv), cwd, cwd.parent / f"{cwd.name}.log")
         else:
             result = run_cli(list(argv), cwd)
         return Run(rule, argv, cwd, result)

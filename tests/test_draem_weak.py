@@ -9,7 +9,7 @@ from anomalib.models.image.draem.torch_model import DraemModel
 from anomalib_anogen.models import DraemWeak
 from anomalib_anogen.models.image.draem_weak import DraemWeakModel
 
-from .conftest import BOTTLE, DTD, needs_shared_bottle
+from .helpers.data import BOTTLE, DTD, needs_shared_bottle
 
 
 def test_default_widths_are_draems() -> None:

@@ -11,8 +11,8 @@ from anomalib_anogen.arguments import ModelArgumentError
 from anomalib_anogen.data.generators import AnoGenAnomalyGenerator, PerlinGenerator, Rotation, resolve_rotation_rule
 from anomalib_anogen.models import DestsegWeak, DraemWeak
 
-from .bank_factory import make_bank
-from .test_destseg import tiny
+from .helpers.bank_factory import make_bank
+from .helpers.models import small_destseg
 
 # --- DraemWeak: image score and blend --------------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ def datamodule(category: str) -> SimpleNamespace:
 def test_destseg_builds_its_perlin_generator_with_the_categorys_rotation(
     category: str, turns: bool, degrees: float
 ) -> None:
-    model = tiny()
+    model = small_destseg()
     model._trainer = datamodule(category)
     model.setup("fit")
     augmenter = model.augmenter
@@ -105,7 +105,7 @@ def test_destseg_builds_its_perlin_generator_with_the_categorys_rotation(
 
 def test_destseg_does_not_rotate_transistors_or_unknown_products() -> None:
     for category in ("transistor", "my_part"):
-        model = tiny()
+        model = small_destseg()
         model._trainer = datamodule(category)
         model.setup("fit")
         assert not model.augmenter.rotation.active
@@ -113,7 +113,7 @@ def test_destseg_does_not_rotate_transistors_or_unknown_products() -> None:
 
 def test_destseg_rotation_is_checked() -> None:
     with pytest.raises(ModelArgumentError, match=r"^rotation must be 'auto'"):
-        tiny(rotation="sideways")
+        small_destseg(rotation="sideways")
 
 
 # --- DestsegWeak's training mix -------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_destseg_weak_bank_draws_are_all_generated_anomalies(tmp_path: Path) -> 
 
     category = make_toy_category(tmp_path / "toy", size=64, n_train=4, n_test_good=1, n_test_per_defect=1)
     make_bank(tmp_path / "bank", sorted((category / "train" / "good").glob("*.png")))
-    model = tiny(DestsegWeak, generator="anogen", bank_dir=tmp_path / "bank")
+    model = small_destseg(DestsegWeak, generator="anogen", bank_dir=tmp_path / "bank")
     model._trainer = datamodule("transistor")
     model.setup("fit")
     augmenter = model.augmenter

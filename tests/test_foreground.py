@@ -7,7 +7,7 @@ from PIL import Image
 from anomalib_anogen.data.toy import dark_part, darken_background, disc_reference
 from anomalib_anogen.generation.foreground import foreground_mask, resolve_rule
 
-from .conftest import BOTTLE, needs_shared_bottle
+from .helpers.data import BOTTLE, needs_shared_bottle
 
 
 def iou(mask: np.ndarray, reference: np.ndarray) -> float:

@@ -25,28 +25,8 @@ from anomalib_anogen.generation.errors import AnogenInputError
 from anomalib_anogen.generation.generate import generate
 from anomalib_anogen.generation.show import INCOMPLETE_COLOUR, TITLE, show
 
-CATEGORY = "toy_bottle"
-
-
-def write_support(toy_root: Path, folder: Path, mask_side: int | None = None) -> Path:
-    """The toy category's anomalies in the support layout (``<defect>/<name>.png`` with ``<name>_mask.png``)."""
-    for defect in DEFECT_TYPES:
-        (folder / defect).mkdir(parents=True)
-        for image in sorted((toy_root / CATEGORY / "test" / defect).glob("*.png")):
-            mask = Image.open(toy_root / CATEGORY / "ground_truth" / defect / f"{image.stem}_mask.png")
-            if mask_side is not None:
-                mask = mask.resize((mask_side, mask_side), Image.Resampling.NEAREST)
-            Image.open(image).save(folder / defect / image.name)
-            mask.save(folder / defect / f"{image.stem}_mask.png")
-    return folder
-
-
-def toy_inputs(toy_root: Path, folder: Path) -> dict[str, str]:
-    """The toy category as generate's inputs, written under ``folder``: normal folder, support set and box priors."""
-    priors = folder / "toy_priors.json"
-    priors.write_text(json.dumps({defect: [[0.1, 0.3], [0.1, 0.3], True] for defect in DEFECT_TYPES}))
-    support = write_support(toy_root, folder / "support")
-    return {"normal": str(toy_root / CATEGORY / "train" / "good"), "support": str(support), "priors": str(priors)}
+from .helpers.cli import error_line
+from .helpers.data import all_files, toy_inputs, write_support
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +50,9 @@ def toy_bank(toy: dict[str, str], output: Path, **options: object) -> Path:
     )  # fmt: skip
 
 
-def error_line(args: list[str], capsys: pytest.CaptureFixture, command: str = "generate") -> str:
-    """Run the CLI, expect exit 2 and a single ``error:`` line (no traceback); return that line."""
-    capsys.readouterr()
-    assert cli_main(args) == 2
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
-    assert len(err) == 1 and err[0].startswith(f"anogen {command}: error:"), err
-    return err[0]
-
-
-def all_files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def no_work(*args: object, **kwargs: object) -> None:
-    raise AssertionError("generate started its work before refusing")
+    msg = "generate started its work before refusing"
+    raise AssertionError(msg)
 
 
 # ----------------------------------------------------------------------------------------------------------------

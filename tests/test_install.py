@@ -6,7 +6,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-from .conftest import REPO
+from .helpers.data import REPO
 
 
 def test_wheel_install_resolves_short_name_in_anomalib_cli(tmp_path: Path) -> None:

@@ -33,14 +33,8 @@ from anomalib_anogen.generation.textual_inversion import (
     templates_sha256,
 )
 
-from .conftest import (
-    RELEASED_EMBEDDINGS,
-    REPO,
-    SUPPORT_BOTTLE,
-    needs_released_embeddings,
-    needs_shared_support,
-    run_cli,
-)
+from .helpers.cli import run_cli
+from .helpers.data import RELEASED_EMBEDDINGS, REPO, SUPPORT_BOTTLE, needs_released_embeddings, needs_shared_support
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,6 +93,32 @@ def test_loss_drops_on_real_bottle_support(tiny) -> None:
     assert result.train_loss_last < result.train_loss_first
     again = evaluate_loss(tiny, pairs, "<anogen-broken_large>", result.vector, config)
     assert again == pytest.approx(result.loss_end)
+
+
+@pytest.mark.parametrize(("plugin_precision", "recorded"), [("bf16-mixed", "bf16"), ("16-mixed", "fp16")])
+def test_mixed_precision_is_fabrics_and_keeps_the_vector_fp32(
+    tiny, support: Path, plugin_precision: str, recorded: str
+) -> None:
+    """The GPU path on a CPU: Fabric's precision plugin autocasts (and scales fp16 gradients); the vector stays fp32."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins.precision import MixedPrecision
+
+    plugin = MixedPrecision(plugin_precision, "cpu")
+    fabric = Fabric(accelerator="cpu", devices=1, plugins=[plugin])
+    pairs = load_support(discover_support(support))["crack"]
+    config = LearnConfig(steps=4, batch_size=2)
+    result = learn_embedding(tiny, pairs, "<anogen-crack>", config, progress=False, fabric=fabric)
+    fp32 = learn_embedding(tiny, pairs, "<anogen-crack>", config, progress=False)
+    assert result.precision == recorded
+    assert fp32.precision == "32"
+    assert result.vector.dtype == torch.float32
+    assert torch.isfinite(result.vector).all()
+    # Half-precision compute changes the numbers a little, not the direction of learning.
+    assert not torch.equal(result.vector, fp32.vector)
+    assert torch.allclose(result.vector, fp32.vector, atol=0.05)
+    if plugin_precision == "16-mixed":
+        assert plugin.scaler is not None
+        assert plugin.scaler.get_scale() > 0
 
 
 def test_only_the_placeholder_changes_every_weight_stays_bit_identical(tiny, support: Path) -> None:
@@ -485,7 +505,8 @@ def test_whole_image_mask_is_learned_with_a_warning(tmp_path: Path) -> None:
 
 def _training_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the backbone was loaded / training started before the input was refused")
+        msg = "the backbone was loaded / training started before the input was refused"
+        raise AssertionError(msg)
 
     monkeypatch.setattr("anomalib_anogen.generation.learn._learn_on_rank", fail)
 
@@ -537,7 +558,8 @@ def test_a_bad_token_of_a_later_defect_is_refused_before_the_first_defect_trains
     _pair(root / "stain", "000")  # "stain</w>" is already a word of the tiny tokenizer
 
     def fail(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a defect was trained before every token was checked")
+        msg = "a defect was trained before every token was checked"
+        raise AssertionError(msg)
 
     monkeypatch.setattr("anomalib_anogen.generation.textual_inversion.learn_embedding", fail)
     _learn_fails(r"token 'stain</w>' already exists", tmp_path / "out", support=str(root), token="{defect}</w>")

@@ -9,7 +9,6 @@ the ``tiny`` backbone (1 step), ``anogen generate --priors auto`` without ``--ca
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from PIL import Image
 
 from anomalib_anogen.data.toy import PRODUCT_DEFECTS, make_toy_product
 
-from .cli_server import CliServer
+from .helpers.cli import cli_server
+from .helpers.cli_server import CliServer
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +32,8 @@ CKPT = "results/DraemWeak/gadget/latest/weights/lightning/model.ckpt"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[CliServer]:
-    cli = CliServer()
-    yield cli
-    cli.close()
+def server() -> CliServer:
+    return cli_server()
 
 
 def run(server: CliServer, cwd: Path, *argv: str) -> str:

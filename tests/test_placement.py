@@ -22,8 +22,16 @@ from anomalib_anogen.generation.generate import generate
 from anomalib_anogen.generation.placement import read_template
 from anomalib_anogen.generation.support import discover_support, load_support
 
-from .conftest import BOTTLE, SHARED, SUPPORT_BOTTLE, needs_shared_bottle, needs_shared_support
-from .test_generate_checks import CATEGORY, error_line, write_support
+from .helpers.cli import error_line
+from .helpers.data import (
+    BOTTLE,
+    CATEGORY,
+    SHARED,
+    SUPPORT_BOTTLE,
+    needs_shared_bottle,
+    needs_shared_support,
+    write_support,
+)
 
 TEMPLATES = SHARED / "anogen_reference" / "mask_template"
 SIZE = 48  # the toy images' side

@@ -16,7 +16,8 @@ from anomalib_anogen.generation import bank_writer
 from anomalib_anogen.generation.bank_writer import BankWriter
 from anomalib_anogen.generation.generate import generate
 
-from .test_generate_checks import all_files, error_line, toy_inputs
+from .helpers.cli import error_line
+from .helpers.data import all_files, toy_inputs
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def test_an_error_in_the_generation_loop_keeps_the_finished_records_and_resumes(
     def failing_paste(*args: object, **kwargs: object) -> object:
         calls.append(1)
         if len(calls) == 14:
-            raise RuntimeError("backend failed")
+            msg = "backend failed"
+            raise RuntimeError(msg)
         return original(*args, **kwargs)
 
     output = tmp_path / "bank"

@@ -35,12 +35,12 @@ def _mains() -> dict:
     return {"anomalib": anomalib.cli.cli.main, "anogen": anomalib_anogen.cli.main}
 
 
-def _child(main, argv: list[str], cwd: str, log: str) -> None:  # pragma: no cover - runs in the fork
+def _child(main, argv: list[str], cwd: str, log: str, err: str | None) -> None:  # pragma: no cover - in the fork
     code = 1
     try:
         descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(descriptor, 1)
-        os.dup2(descriptor, 2)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if err else descriptor, 2)
         os.chdir(cwd)
         sys.argv = argv
         try:
@@ -85,7 +85,7 @@ def serve() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(mains[request["argv"][0]], request["argv"], request["cwd"], request["log"])
+            _child(mains[request["argv"][0]], request["argv"], request["cwd"], request["log"], request.get("err"))
         replies.write(json.dumps({"returncode": _wait(pid, request["timeout"])}) + "\n")
         replies.flush()
 
@@ -95,9 +95,10 @@ class CliServer:
 
     commands = ("anomalib", "anogen")
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)  # every command runs with this environment
         self.process = subprocess.Popen(
-            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self.env
         )
         self._read()
 
@@ -109,13 +110,16 @@ class CliServer:
             raise RuntimeError(msg)
         return json.loads(line)
 
-    def run(self, argv: list[str], cwd: Path, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run one command in a fresh fork; stdout holds its stdout and stderr together."""
-        request = {"argv": argv, "cwd": str(cwd), "log": str(log), "timeout": timeout}
+    def run(
+        self, argv: list[str], cwd: Path, log: Path, timeout: float = 600, err: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run one command in a fresh fork; stdout holds its stdout, and its stderr too unless ``err`` is given."""
+        request = {"argv": argv, "cwd": str(cwd), "log": str(log), "timeout": timeout, "err": err and str(err)}
         self.process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
         returncode = self._read()["returncode"]
-        return subprocess.CompletedProcess(argv, returncode, log.read_text(errors="replace"), "")
+        stderr = err.read_text(errors="replace") if err else ""
+        return subprocess.CompletedProcess(argv, returncode, log.read_text(errors="replace"), stderr)
 
     def close(self) -> None:
         """End the server."""

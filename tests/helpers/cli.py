@@ -1,0 +1,62 @@
+"""Running the console scripts in tests: in a fresh process, or in process expecting one error line."""
+
+import atexit
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from anomalib_anogen.cli import main as cli_main
+
+from .cli_server import CliServer
+
+# The environment the tests started with: a command run under another one (a test set a variable) gets a fresh
+# interpreter, as modules read some variables once at import (huggingface_hub's HF_HUB_OFFLINE).
+_STARTING_ENVIRONMENT = dict(os.environ)
+_servers: list[CliServer] = []
+
+
+def _environment(variables: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables a command sees, less pytest's own (``PYTEST_CURRENT_TEST`` changes with every test)."""
+    return {k: v for k, v in (os.environ if variables is None else variables).items() if not k.startswith("PYTEST_")}
+
+
+def cli_server() -> CliServer:
+    """The suite's one :class:`CliServer` (started on first use, ended when the tests end)."""
+    if not _servers:
+        _servers.append(CliServer(_STARTING_ENVIRONMENT))
+        atexit.register(_servers[0].close)
+    return _servers[0]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run a console script of the test environment (``anomalib`` or ``anogen``) as a user would, in a new process.
+
+    ``anomalib`` and ``anogen`` commands run in a fork of :func:`cli_server` (a new process without ~15 s of
+    imports); with ``fresh``, another console script, or a changed environment, in a new interpreter.
+    """
+    if not fresh and args[0] in CliServer.commands and _environment() == _environment(_STARTING_ENVIRONMENT):
+        with tempfile.TemporaryDirectory(prefix="cli_") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            return cli_server().run(args, cwd, out, timeout, err)
+    executable = Path(sys.executable).with_name(args[0])
+    return subprocess.run(
+        [str(executable), *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def error_line(args: list[str], capsys: pytest.CaptureFixture, command: str = "generate") -> str:
+    """Run the CLI, expect exit 2 and a single ``error:`` line (no traceback); return that line."""
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert len(err) == 1 and err[0].startswith(f"anogen {command}: error:"), err
+    return err[0]
