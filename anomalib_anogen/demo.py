@@ -82,28 +82,26 @@ def toy_priors(output: Path) -> Path:
 
 
 def write_prediction_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]], path: Path) -> None:
-    """Save image | anomaly map overlay | ground truth rows as one PNG."""
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw
+    """Save image | anomaly map overlay | ground truth rows as one PNG, drawn with anomalib's visualisation helpers."""
+    from anomalib.visualization.image.functional import (
+        add_text_to_image,
+        create_image_grid,
+        overlay_image,
+        visualize_anomaly_map,
+        visualize_gt_mask,
+    )
+    from PIL import Image
 
     tiles = []
     for image, anomaly_map, gt_mask, title in rows:
-        side = image.shape[0]
-        heat = (colormaps["jet"](np.clip(anomaly_map, 0, 1))[..., :3] * 255).astype(np.uint8)
-        heat = np.asarray(Image.fromarray(heat).resize((side, side)))
-        overlay = (0.5 * image + 0.5 * heat).astype(np.uint8)
-        gt = np.zeros_like(image) if gt_mask is None else np.repeat(gt_mask[..., None] * 255, 3, axis=2)
-        gt = np.asarray(Image.fromarray(gt.astype(np.uint8)).resize((side, side)))
-        row = Image.fromarray(np.concatenate([image, overlay, gt], axis=1))
-        ImageDraw.Draw(row).text((4, 4), title, fill=(255, 255, 0))
-        tiles.append(row)
-    sheet = Image.new("RGB", (tiles[0].width, sum(tile.height for tile in tiles)))
-    offset = 0
-    for tile in tiles:
-        sheet.paste(tile, (0, offset))
-        offset += tile.height
+        base = Image.fromarray(image)
+        heat = visualize_anomaly_map((np.clip(anomaly_map, 0, 1) * 255).astype(np.uint8)).resize(base.size)
+        truth = np.zeros(image.shape[:2], np.uint8) if gt_mask is None else (gt_mask > 0).astype(np.uint8) * 255
+        truth_tile = visualize_gt_mask(truth).convert("RGB").resize(base.size, Image.Resampling.NEAREST)
+        labelled = add_text_to_image(base, title, size=max(8, base.height // 16), position=(2, 2), padding=1)
+        tiles += [labelled.convert("RGB"), overlay_image(base, heat, alpha=0.5).convert("RGB"), truth_tile]
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    create_image_grid(tiles, nrow=3).save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
