@@ -1,6 +1,6 @@
 """Parts that the plugin's models share: the synthetic-anomaly training mixin and AnoGen's weak rule."""
 
-from .synthetic import SyntheticAnomalyModel, degenerate_normalisation
+from .synthetic import SyntheticAnomalyModel, checked_generator, degenerate_normalisation
 from .weak import (
     WEAK_SCOPES,
     WeakScope,
@@ -14,6 +14,7 @@ __all__ = [
     "WEAK_SCOPES",
     "SyntheticAnomalyModel",
     "WeakScope",
+    "checked_generator",
     "degenerate_normalisation",
     "validate_p_cutoff",
     "validate_weak_scope",

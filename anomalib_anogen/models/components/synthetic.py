@@ -15,7 +15,8 @@ from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from torch import nn
 
-from anomalib_anogen.data.generators import GeneratorSpec
+from anomalib_anogen.arguments import UNIT_INTERVAL, check_blend, check_number
+from anomalib_anogen.data.generators import GeneratorSpec, resolve_generator
 from anomalib_anogen.metrics import anogen_evaluator
 
 # A normalisation range narrower than this share of the values' magnitude amplifies rounding noise
@@ -23,6 +24,36 @@ from anomalib_anogen.metrics import anogen_evaluator
 DEGENERATE_RELATIVE_WIDTH = 1e-3
 # The ONNX opset torch's exporter produces natively (see ``to_onnx``).
 ONNX_OPSET = 18
+
+
+def checked_generator(
+    generator: str | dict[str, Any],
+    *,
+    dtd_dir: Path | str | None,
+    anomaly_probability: float,
+    beta: float | tuple[float, float],
+    bank_dir: Path | str | None,
+    bank_probability: float,
+    exclude_defects: list[str] | None,
+    allow_incomplete_bank: bool,
+    probability_hint: str = "",
+    **fixed: Any,
+) -> GeneratorSpec:
+    """A weak model's generator arguments, each checked under the name the user writes, resolved to a spec.
+
+    ``fixed`` are settings the model decides, not the user (DestsegWeak's ``clean_share``).
+    """
+    return resolve_generator(
+        generator,
+        dtd_dir=dtd_dir,
+        probability=check_number("anomaly_probability", anomaly_probability, UNIT_INTERVAL, probability_hint),
+        blend_factor=check_blend("beta", beta),
+        bank_dir=bank_dir,
+        bank_probability=check_number("bank_probability", bank_probability, UNIT_INTERVAL),
+        exclude_defects=exclude_defects or [],
+        allow_incomplete_bank=allow_incomplete_bank,
+        **fixed,
+    )
 
 
 def degenerate_normalisation(post_processor: PostProcessor | None) -> str | None:

@@ -20,10 +20,8 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 
-from anomalib_anogen.arguments import UNIT_INTERVAL, check_blend, check_number
-from anomalib_anogen.data.generators import resolve_generator
 from anomalib_anogen.data.generators.rotation import RotationRule
-from anomalib_anogen.models.components.weak import WeakScope
+from anomalib_anogen.models.components import WeakScope, checked_generator
 from anomalib_anogen.models.image.destseg.lightning_model import Destseg
 
 from .loss import DestsegWeakLoss
@@ -103,15 +101,16 @@ class DestsegWeak(Destseg):
     ) -> None:
         # Validate the weak loss and the generator choice first; Destseg checks the rest before any network.
         loss = DestsegWeakLoss(p_cutoff=p_cutoff, weak_scope=weak_scope, gamma=gamma)
-        generator_spec = resolve_generator(
+        generator_spec = checked_generator(
             generator,
             dtd_dir=dtd_dir,
-            probability=check_number("anomaly_probability", anomaly_probability, UNIT_INTERVAL, "DeSTSeg: 1.0."),
-            blend_factor=check_blend("beta", beta),
+            anomaly_probability=anomaly_probability,
+            beta=beta,
             bank_dir=bank_dir,
-            bank_probability=check_number("bank_probability", bank_probability, UNIT_INTERVAL),
-            exclude_defects=exclude_defects or [],
+            bank_probability=bank_probability,
+            exclude_defects=exclude_defects,
             allow_incomplete_bank=allow_incomplete_bank,
+            probability_hint="DeSTSeg: 1.0.",
             clean_share=0.0,  # the authors' DeSTSeg-AnoGen: every bank draw is a generated anomaly
         )
         super().__init__(

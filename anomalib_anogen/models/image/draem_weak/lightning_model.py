@@ -21,10 +21,10 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_anogen.arguments import POSITIVE, UNIT_INTERVAL, ModelArgumentError, check_blend, check_number
-from anomalib_anogen.data.generators import generate_batch, resolve_generator
+from anomalib_anogen.arguments import POSITIVE, ModelArgumentError, check_number
+from anomalib_anogen.data.generators import generate_batch
 from anomalib_anogen.data.synthetic import SyntheticBatch
-from anomalib_anogen.models.components import SyntheticAnomalyModel, WeakScope
+from anomalib_anogen.models.components import SyntheticAnomalyModel, WeakScope, checked_generator
 
 from .loss import DraemWeakLoss
 from .torch_model import DEFAULT_DISCRIMINATIVE_WIDTH, DEFAULT_RECONSTRUCTIVE_WIDTH, DEFAULT_SCORE_POOL, DraemWeakModel
@@ -95,14 +95,14 @@ class DraemWeak(SyntheticAnomalyModel, AnomalibModule):
         # Validate before the (large) networks are built, so bad input fails fast; files are read at fit start.
         weak_loss = DraemWeakLoss(p_cutoff=p_cutoff, weak_scope=weak_scope)
         learning_rate = check_number("learning_rate", learning_rate, POSITIVE, "DRAEM uses 1e-4.")
-        generator_spec = resolve_generator(
+        generator_spec = checked_generator(
             generator,
             dtd_dir=dtd_dir,
-            probability=check_number("anomaly_probability", anomaly_probability, UNIT_INTERVAL),
-            blend_factor=check_blend("beta", beta),
+            anomaly_probability=anomaly_probability,
+            beta=beta,
             bank_dir=bank_dir,
-            bank_probability=check_number("bank_probability", bank_probability, UNIT_INTERVAL),
-            exclude_defects=exclude_defects or [],
+            bank_probability=bank_probability,
+            exclude_defects=exclude_defects,
             allow_incomplete_bank=allow_incomplete_bank,
         )
         model = DraemWeakModel(
