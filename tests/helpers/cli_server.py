@@ -43,15 +43,17 @@ def _child(main, argv: list[str], cwd: str, log: str, err: str | None) -> None: 
         os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if err else descriptor, 2)
         os.chdir(cwd)
         sys.argv = argv
+        if argv[0] == "anomalib":  # what the plugin hook does when the `anomalib` script imports anomalib.cli
+            from anomalib_anogen.arguments import install_cli_error_hook
+
+            install_cli_error_hook()
         try:
             result = main()  # as the console script: sys.exit(main())
             code = result if isinstance(result, int) else 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except BaseException:
-        import traceback
-
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())  # as the interpreter reports an uncaught error (the plugin's hook included)
     finally:
         logging.shutdown()
         sys.stdout.flush()
