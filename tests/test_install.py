@@ -6,9 +6,12 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from .helpers.data import REPO
 
 
+@pytest.mark.slow  # builds the wheel and installs it into a fresh virtual environment
 def test_wheel_install_resolves_short_name_in_anomalib_cli(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheel"
     subprocess.run(

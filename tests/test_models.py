@@ -111,12 +111,14 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return case, checkpoint, config, data, elsewhere
 
 
+@pytest.mark.slow  # trains each model once (the `trained` fixture)
 def test_test_runs_from_the_training_config_without_bank_or_dtd(trained: tuple, toy_root: Path) -> None:
     _, checkpoint, config, data, elsewhere = trained
     args = ["--config", str(config), "--ckpt_path", str(checkpoint), *data, "--default_root_dir", "t"]
     assert "pixel_AUPR" in ok(run_cli(["anomalib", "test", *args], cwd=elsewhere))
 
 
+@pytest.mark.slow  # trains each model once (the `trained` fixture)
 def test_predict_from_the_checkpoint_alone(trained: tuple, toy_root: Path) -> None:
     """No model arguments: what the network needs (DRAEM's widths, DeSTSeg's teacher) comes from the checkpoint."""
     case, checkpoint, _, _, elsewhere = trained
@@ -129,6 +131,7 @@ def test_predict_from_the_checkpoint_alone(trained: tuple, toy_root: Path) -> No
     assert len(list((elsewhere / "p").rglob("*.png"))) == len(list(images.rglob("*.png")))
 
 
+@pytest.mark.slow  # trains each model once (the `trained` fixture)
 def test_openvino_export_from_the_checkpoint_alone(trained: tuple) -> None:
     case, checkpoint, _, _, elsewhere = trained
     export = ["anomalib", "export", "--model", case.name, "--ckpt_path", str(checkpoint), "--export_type", "openvino"]
@@ -136,6 +139,7 @@ def test_openvino_export_from_the_checkpoint_alone(trained: tuple) -> None:
     assert list((elsewhere / "fp32").rglob("model.xml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained", [CASES[0]], indirect=True, ids=str)
 def test_int8_export_is_calibrated_on_training_images(trained: tuple) -> None:
     """INT8 as docs/deploy.md says: calibrated on a split of the normal *training* images, not on the test set.
@@ -153,6 +157,7 @@ def test_int8_export_is_calibrated_on_training_images(trained: tuple) -> None:
     assert "found only 4 images" in output
 
 
+@pytest.mark.slow  # trains each model once (the `trained` fixture)
 def test_the_checkpoint_loads_in_python_and_only_training_needs_the_bank(
     trained: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
