@@ -311,8 +311,10 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
             **extra,
             **common,
         )
-    if hasattr(model.augmenter, "num_workers"):
-        model.augmenter.num_workers = args.workers
+    # Through the spec, not model.augmenter: building the generator here would make Destseg.setup skip DeSTSeg's
+    # per-category rotation (it is set only on a generator not built yet).
+    if hasattr(model, "generator_spec"):
+        model.generator_spec = model.generator_spec.with_options(num_workers=args.workers)
     if kind in {"draem", "draem_weak"}:  # the same initial network for every DRAEM row of a seed
         seed_everything(seed, workers=True)
         model.model.load_state_dict(draem_network(args).state_dict())
