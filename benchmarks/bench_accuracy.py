@@ -212,8 +212,13 @@ def fill_schedule(args: Any, device: str) -> list[str]:
     )
     if not full:
         notes.append(
-            f"REDUCED schedule (not the paper's): {args.steps} DRAEM steps = "
-            f"{args.steps * args.batch_size / TRAIN_IMAGES:.1f} epochs (paper: {PAPER['draem_epochs']}), "
+            "REDUCED schedule (not the paper's): "
+            + (
+                "DRAEM epochs as in the --compare_defaults line"  # whole epochs at two batch sizes
+                if args.compare_defaults
+                else f"{args.steps} DRAEM steps = {args.steps * args.batch_size / TRAIN_IMAGES:.1f} epochs"
+            )
+            + f" (paper: {PAPER['draem_epochs']}), "
             f"{args.image_size} px (paper: 256), DRAEM widths {args.reconstructive_width}/"
             f"{args.discriminative_width} (paper: 128/64) for Draem and DraemWeak alike, Adam lr "
             f"{args.learning_rate:g} (paper: 1e-4)"
