@@ -30,6 +30,25 @@ AUROC/AP, pixel AUROC/AP/PRO, which need no threshold), the points are stored wi
 draws pixel AP, pixel PRO and image AUROC against steps for every row (the seeds' mean, their min-max as a
 band); the table then ends with each row's last point and its spread over the seeds.
 
+Effect of each changed default (``--compare_defaults``): instead of the rows above, pairs that differ in
+exactly one of the defaults this project took from the AnoGen authors' code, trained side by side with the same
+seeds, initial networks and schedule, and evaluated on the test set at the end of every epoch:
+
+- ``DraemWeak perlin, new defaults`` (beta (0.2, 1.0), batch 16, image score = maximum of the 21 x 21
+  average-pooled map) against ``... beta (0.1, 1.0)`` and ``... batch 8``. Every row trains the same number of
+  epochs (``--compare_epochs``; CPU: 7 = 98 steps of batch 16 or 189 of batch 8), so both batch sizes see the
+  same images the same number of times, as the configs' ``max_epochs`` does; the step counts differ.
+- image score pooled 21 x 21 against the raw maximum (``score_pool`` 1): no extra training, both AUROCs are
+  computed from the same anomaly maps of the same evaluation (the model's own ``pred_score`` is the pooled one,
+  checked against the recomputation).
+- with ``--destseg_teacher`` (``random`` allowed here, and said so): ``DestsegWeak + paste bank`` with the
+  authors' DeSTSeg mix (no clean bank images, DeSTSeg's per-category rotation) against the old one (half the bank
+  draws the clean source image, DRAEM's rotation p 0.3 within ±90°); same batch and steps.
+- ``anogen generate --keep_outside``: not measured (it changes only diffusion banks; no diffusion weights here).
+
+Each run's value is the mean of its last 3 evaluations (to damp the in-run swings of the short schedule); a row
+gives the mean over the seeds and their spread (max - min); a pair gives new minus old per seed and the mean.
+
 Resumable: each finished (model, seed) is stored in ``--workdir``/results.json under a key of
 every setting that affects it, and is skipped on a rerun with the same settings. Banks are kept in
 ``--workdir`` too; Engine logs and checkpoints go to a temporary folder.
@@ -37,7 +56,9 @@ every setting that affects it, and is skipped on a rerun with the same settings.
     python benchmarks/bench_accuracy.py --json /tmp/bench_accuracy.json      # reduced CPU schedule
     python benchmarks/bench_accuracy.py --destseg_teacher weights/resnet18.pth --device cuda --max_minutes 25
     python benchmarks/bench_accuracy.py --eval_every 25 --plot docs/img/accuracy_curves.png   # curves, CPU
+    python benchmarks/bench_accuracy.py --compare_defaults --threads 1 --json runs/compare_defaults.json
     python benchmarks/bench_accuracy.py --smoke     # seconds-scale check of every code path (random teacher)
+    python benchmarks/bench_accuracy.py --smoke --compare_defaults
 """
 
 import hashlib
@@ -45,6 +66,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -105,6 +127,14 @@ SMOKE = {
 }
 
 
+# --compare_defaults: the defaults taken from the authors' code on 2026-12-07 and the ones they replaced.
+NEW_BATCH, OLD_BATCH = 16, 8  # configs/draem_weak.yaml train_batch_size (A DRAEM/train.sh) / DRAEM's README
+NEW_BETA, OLD_BETA = (0.2, 1.0), (0.1, 1.0)  # DraemWeak beta: DRAEM's / anomalib's Draem
+NEW_POOL, OLD_POOL = 21, 1  # DraemWeak score_pool: DRAEM's and A's test code / anomalib's raw maximum
+OLD_CLEAN_SHARE = 0.5  # DestsegWeak before: half the bank draws the clean source image (DRAEM's mix); now 0
+LAST_EVALUATIONS = 3  # a run's value in the comparison: the mean of its last 3 evaluations
+
+
 def parse_args(argv: list[str] | None) -> Any:
     """Command line; ``None`` defaults are filled in per device by ``fill_schedule``."""
     p = parser(__doc__)
@@ -142,6 +172,18 @@ def parse_args(argv: list[str] | None) -> Any:
         "steps (and at the end) and record them per run",
     )
     p.add_argument("--plot", type=Path, help="with --eval_every: write the curves of every row as one PNG here")
+    p.add_argument(
+        "--compare_defaults",
+        action="store_true",
+        help="train pairs that differ in one changed default (DraemWeak beta, batch, score_pool; DestsegWeak mix "
+        "with --destseg_teacher) and print the effect of each, new minus old per seed (see above)",
+    )
+    p.add_argument(
+        "--compare_epochs",
+        type=int,
+        help="--compare_defaults: training epochs of every DRAEM row, the same for batch 16 and 8 (default: --steps "
+        "at --batch_size in whole epochs: CPU 7, GPU 700); evaluated at the end of each",
+    )
     return p.parse_args(argv)
 
 
@@ -170,8 +212,13 @@ def fill_schedule(args: Any, device: str) -> list[str]:
     )
     if not full:
         notes.append(
-            f"REDUCED schedule (not the paper's): {args.steps} DRAEM steps = "
-            f"{args.steps * args.batch_size / TRAIN_IMAGES:.1f} epochs (paper: {PAPER['draem_epochs']}), "
+            "REDUCED schedule (not the paper's): "
+            + (
+                "DRAEM epochs as in the --compare_defaults line"  # whole epochs at two batch sizes
+                if args.compare_defaults
+                else f"{args.steps} DRAEM steps = {args.steps * args.batch_size / TRAIN_IMAGES:.1f} epochs"
+            )
+            + f" (paper: {PAPER['draem_epochs']}), "
             f"{args.image_size} px (paper: 256), DRAEM widths {args.reconstructive_width}/"
             f"{args.discriminative_width} (paper: 128/64) for Draem and DraemWeak alike, Adam lr "
             f"{args.learning_rate:g} (paper: 1e-4)"
@@ -280,7 +327,8 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
     from anomalib_anogen.models import Destseg, DestsegWeak, DraemWeak
 
     size = (args.image_size, args.image_size)
-    common = {"evaluator": curve_evaluator() if args.eval_every else anogen_evaluator(), "visualizer": False}
+    curves = args.eval_every or args.compare_defaults
+    common = {"evaluator": curve_evaluator() if curves else anogen_evaluator(), "visualizer": False}
     kind = row["kind"]
     if kind == "draem":
         model = Draem(dtd_dir=DTD, pre_processor=Draem.configure_pre_processor(size), **common)
@@ -297,6 +345,7 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
             discriminative_width=args.discriminative_width,
             learning_rate=args.learning_rate,
             pre_processor=DraemWeak.configure_pre_processor(size),
+            **({"beta": row["beta"]} if "beta" in row else {}),
             **common,
         )
     else:
@@ -311,8 +360,15 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
             **extra,
             **common,
         )
-    if hasattr(model.augmenter, "num_workers"):
-        model.augmenter.num_workers = args.workers
+    # Through the spec, not model.augmenter: building the generator here would make Destseg.setup skip DeSTSeg's
+    # per-category rotation (it is set only on a generator not built yet).
+    if hasattr(model, "generator_spec"):
+        model.generator_spec = model.generator_spec.with_options(num_workers=args.workers)
+    if row.get("mix") == "old":  # DestsegWeak before 2026-12-07: DRAEM's mix and rotation
+        from anomalib_anogen.data.generators.rotation import DRAEM_ROTATION
+
+        old = model.generator_spec.with_options(clean_share=OLD_CLEAN_SHARE, **DRAEM_ROTATION.options())
+        model.augmenter = old.build()  # built now, so Destseg.setup leaves DRAEM's rotation in place
     if kind in {"draem", "draem_weak"}:  # the same initial network for every DRAEM row of a seed
         seed_everything(seed, workers=True)
         model.model.load_state_dict(draem_network(args).state_dict())
@@ -339,17 +395,55 @@ def curve_evaluator() -> Any:
     return Evaluator(val_metrics=val_metrics, test_metrics=list(anogen_evaluator().test_metrics))
 
 
-def curve_recorder() -> Any:
-    """A Lightning callback that keeps the validation metrics at each evaluated step (``.points``)."""
+def pooled_max(anomaly_map: Any, size: int) -> Any:
+    """Image scores as ``DraemWeakModel`` computes them: maximum of the map averaged over ``size`` x ``size``.
+
+    The same constant-kernel convolution (zero padding, stride 1); ``size`` 1 is anomalib's raw maximum.
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    maps = anomaly_map.reshape(-1, 1, *anomaly_map.shape[-2:]).float()
+    if size > 1:
+        box = torch.full((1, 1, size, size), 1.0 / (size * size), dtype=maps.dtype, device=maps.device)
+        maps = F.conv2d(maps, box, padding=size // 2)
+    return torch.amax(maps, dim=(-3, -2, -1))
+
+
+def curve_recorder(pools: tuple[int, ...] = ()) -> Any:
+    """A Lightning callback that keeps the validation metrics at each evaluated step (``.points``).
+
+    ``pools``: also the image AUROC of the anomaly maps scored by ``pooled_max`` at each of these sizes
+    (``image_AUROC_pool{size}``), from the same maps as the evaluator's metrics: no other evaluation.
+    """
+    import torch
     from lightning.pytorch.callbacks import Callback
+    from torchmetrics.functional.classification import binary_auroc
 
     class CurveRecorder(Callback):
         def __init__(self) -> None:
             self.points: list[dict[str, float]] = []
+            self.labels: list[torch.Tensor] = []
+            self.scores: dict[int, list[torch.Tensor]] = {size: [] for size in pools}
+
+        def on_validation_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any
+        ) -> None:
+            if not pools or trainer.sanity_checking:
+                return
+            self.labels.append(outputs.gt_label.detach().cpu().long())
+            for size in pools:
+                self.scores[size].append(pooled_max(outputs.anomaly_map.detach().cpu(), size))
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             found = trainer.callback_metrics
             point = {name: float(found[name]) for name in METRICS if name in found}
+            if self.labels:
+                labels = torch.cat(self.labels)
+                for size in pools:
+                    point[f"image_AUROC_pool{size}"] = float(binary_auroc(torch.cat(self.scores[size]), labels))
+                    self.scores[size] = []
+                self.labels = []
             if point and not trainer.sanity_checking:
                 self.points.append({"step": int(trainer.global_step), **point})
 
@@ -419,12 +513,15 @@ def run_key(row: dict[str, Any], args: Any, device: str, seed: int) -> str:
         "seed": seed,
         "steps": row["steps"],
         "image_size": args.image_size,
-        "batch_size": args.batch_size,
+        "batch_size": row.get("batch_size", args.batch_size),
         "device": device,
         "smoke": args.smoke,
     }
     if args.eval_every:
         settings["eval_every"] = args.eval_every
+    for name in ("every", "beta", "mix", "pools"):  # the --compare_defaults rows
+        if name in row:
+            settings[name] = row[name]
     if row["kind"].startswith("draem"):
         settings |= {
             "widths": [args.reconstructive_width, args.discriminative_width],
@@ -447,13 +544,13 @@ def train_and_test(row: dict[str, Any], args: Any, device: str, seed: int) -> di
     datamodule = MVTecAD(
         root=MVTEC,
         category=CATEGORY,
-        train_batch_size=args.batch_size,
+        train_batch_size=row.get("batch_size", args.batch_size),
         eval_batch_size=32,
         num_workers=args.workers,
         seed=seed,
     )
-    recorder = curve_recorder() if args.eval_every else None
-    every = min(args.eval_every, row["steps"]) if args.eval_every else row["steps"]
+    recorder = curve_recorder(tuple(row.get("pools", ()))) if args.eval_every or "every" in row else None
+    every = row.get("every") or (min(args.eval_every, row["steps"]) if args.eval_every else row["steps"])
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as scratch:
         engine = Engine(
             default_root_dir=scratch,
@@ -655,6 +752,195 @@ def target_check(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -
     return check
 
 
+# ----------------------------------------------------------------------------------------- --compare_defaults
+
+
+def compare_rows(args: Any, workdir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The pairs of ``--compare_defaults``, and the lines saying what is not measured and why."""
+    draem = {"kind": "draem_weak", "generator": "perlin", "pools": [NEW_POOL, OLD_POOL]}
+    rows: list[dict[str, Any]] = [
+        {"name": "DraemWeak perlin, new defaults", **draem, "beta": list(NEW_BETA), "batch_size": NEW_BATCH},
+        {"name": f"DraemWeak perlin, beta {OLD_BETA}", **draem, "beta": list(OLD_BETA), "batch_size": NEW_BATCH},
+        {"name": f"DraemWeak perlin, batch {OLD_BATCH}", **draem, "beta": list(NEW_BETA), "batch_size": OLD_BATCH},
+    ]
+    notes = [
+        "keep_outside (anogen generate, now false): NOT MEASURED: it changes only banks of the diffusion backend, "
+        "and there are no pretrained diffusion weights on this machine (the paste backend pastes into the normal "
+        "image either way; the tiny backbone has random weights and makes no defects)"
+    ]
+    if args.smoke and not args.destseg_teacher:
+        args.destseg_teacher = "random"
+    if args.destseg_teacher:
+        bank = paste_bank(workdir, args.paste_images, args.paste_per_image)
+        destseg = {"kind": "destseg_weak", "generator": "anogen", "bank": bank, "batch_size": args.batch_size}
+        rows += [
+            {"name": "DestsegWeak + paste bank, new mix", **destseg, "mix": "new"},
+            {"name": "DestsegWeak + paste bank, old mix", **destseg, "mix": "old"},
+        ]
+        if args.destseg_teacher == "random":
+            notes.append(
+                "DestsegWeak pair: RANDOM teacher weights (no ImageNet ResNet-18 weights on this machine): "
+                "a random-feature DeSTSeg, not DeSTSeg; the pair shows the mix's effect on that model only"
+            )
+    else:
+        notes.append(
+            "DestsegWeak new mix vs old mix: not run (give --destseg_teacher PATH, or --destseg_teacher random for "
+            "a random-feature teacher, which is not DeSTSeg)"
+        )
+    return rows, notes
+
+
+def compare_schedule(args: Any, rows: list[dict[str, Any]]) -> str:
+    """Steps and evaluation interval of every row: DRAEM rows the same epochs at their batch, evaluated per epoch."""
+    per_epoch = math.ceil(TRAIN_IMAGES / args.batch_size)  # the last batch of an epoch is partial (209 images)
+    epochs = args.compare_epochs or max(LAST_EVALUATIONS, round(args.steps / per_epoch))
+    args.compare_epochs = epochs
+    for row in rows:
+        batches = math.ceil(TRAIN_IMAGES / row["batch_size"])
+        if args.smoke:  # just enough evaluations for the last-3 mean
+            row["steps"], row["every"] = LAST_EVALUATIONS, 1
+        elif row["kind"] == "destseg_weak":  # whole epochs too, the student phase inside the first
+            row["steps"] = max(args.destseg_student_steps + LAST_EVALUATIONS * batches, args.destseg_steps)
+            row["steps"] = math.ceil(row["steps"] / batches) * batches
+            row["every"] = batches
+        else:
+            row["steps"], row["every"] = epochs * batches, batches
+    if args.smoke:
+        return f"--compare_defaults SMOKE: every row {LAST_EVALUATIONS} steps, evaluated after each"
+    draem = ", ".join(f"{row['steps']} steps of batch {row['batch_size']}" for row in rows[:3:2])
+    text = (
+        f"--compare_defaults: DRAEM rows {epochs} epochs each ({draem}: the same images, the same number of times; "
+        f"an epoch of {TRAIN_IMAGES} images ends in a partial batch), evaluated at the end of every epoch; "
+        f"a run's value = mean of its last {LAST_EVALUATIONS} evaluations"
+    )
+    destseg = [row for row in rows if row["kind"] == "destseg_weak"]
+    if destseg:
+        args.destseg_steps = destseg[0]["steps"]
+        text += (
+            f"; DestsegWeak rows {destseg[0]['steps']} steps of batch {destseg[0]['batch_size']} "
+            f"({args.destseg_student_steps} student), evaluated every {destseg[0]['every']} steps"
+        )
+    return text
+
+
+def defaults_check() -> str | None:
+    """A line when the package's defaults are no longer the 'new' ones compared here, else ``None``."""
+    import inspect
+
+    from anomalib_anogen.models import DraemWeak
+
+    parameters = inspect.signature(DraemWeak).parameters
+    found = {"beta": tuple(parameters["beta"].default), "score_pool": parameters["score_pool"].default}
+    config = (REPO / "configs" / "draem_weak.yaml").read_text()
+    batch = re.search(r"train_batch_size:\s*(\d+)", config)
+    found["train_batch_size (configs/draem_weak.yaml)"] = int(batch.group(1)) if batch else None
+    expected = {"beta": NEW_BETA, "score_pool": NEW_POOL, "train_batch_size (configs/draem_weak.yaml)": NEW_BATCH}
+    changed = {name: value for name, value in found.items() if value != expected[name]}
+    return f"WARNING: the package's defaults differ from the 'new' ones compared: {changed}" if changed else None
+
+
+# Row columns: curve-point metric -> label. "image AUROC" is the model's own score (DraemWeak: pooled 21 x 21).
+COMPARE_METRICS = {
+    "image_AUROC": "image AUROC",
+    "image_AUROC_pool1": "img AUROC pool 1",
+    "image_AUPR": "image AP",
+    "pixel_AUROC": "pixel AUROC",
+    "pixel_AUPR": "pixel AP",
+    "pixel_AUPRO": "pixel PRO",
+}
+PAIR_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPR", "pixel_AUPRO")
+NEW_ROW = "DraemWeak perlin, new defaults"
+PAIRS: list[tuple[str, str, str, tuple[str, ...]]] = [  # label, new row, old row, metrics
+    (f"beta {NEW_BETA} - {OLD_BETA}", NEW_ROW, f"DraemWeak perlin, beta {OLD_BETA}", PAIR_METRICS),
+    (f"batch {NEW_BATCH} - {OLD_BATCH} (same epochs)", NEW_ROW, f"DraemWeak perlin, batch {OLD_BATCH}", PAIR_METRICS),
+    (
+        "DestsegWeak mix: new - old",
+        "DestsegWeak + paste bank, new mix",
+        "DestsegWeak + paste bank, old mix",
+        PAIR_METRICS,
+    ),
+]
+
+
+def last_evaluations(run: dict[str, Any], metric: str) -> float | None:
+    """Mean of the last ``LAST_EVALUATIONS`` curve points of a run that have ``metric``."""
+    values = [point[metric] for point in run["curve"] if metric in point][-LAST_EVALUATIONS:]
+    return statistics.fmean(values) if len(values) == LAST_EVALUATIONS else None
+
+
+def compare_summary(results: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """Per row: each metric's per-seed values, mean and spread; per pair: new minus old per seed and the mean."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name, runs in results.items():
+        for metric in COMPARE_METRICS:
+            values = [last_evaluations(run, metric) for run in runs]
+            if all(value is not None for value in values):
+                rows.setdefault(name, {})[metric] = values
+    pairs: dict[str, dict[str, list[float]]] = {}
+    pool_new, pool_old = f"image_AUROC_pool{NEW_POOL}", f"image_AUROC_pool{OLD_POOL}"
+    for name in results:  # score_pool: the same models, two scores of the same maps
+        if pool_old in rows.get(name, {}):
+            label = f"score_pool {NEW_POOL} - {OLD_POOL} (same models): {name}"
+            new = [last_evaluations(run, pool_new) for run in results[name]]
+            pairs[label] = {"image_AUROC": [a - b for a, b in zip(new, rows[name][pool_old], strict=True)]}
+    for label, new_row, old_row, metrics in PAIRS:
+        if new_row in rows and old_row in rows:
+            pairs[label] = {
+                metric: [a - b for a, b in zip(rows[new_row][metric], rows[old_row][metric], strict=True)]
+                for metric in metrics
+            }
+    checks = [  # the model's own pred_score is the pooled one: its AUROC must equal the recomputation
+        abs(point["image_AUROC"] - point[pool_new])
+        for runs in results.values()
+        for run in runs
+        for point in run["curve"]
+        if pool_new in point and "image_AUROC" in point
+    ]
+    return {"seeds": seeds, "rows": rows, "pairs": pairs, "pool_check": max(checks, default=None)}
+
+
+def print_comparison(comparison: dict[str, Any], header: str) -> dict[str, Any]:
+    """The rows and the pairs as tables; return the same numbers flat for the report."""
+    seeds, flat = comparison["seeds"], {}
+    print(f"\n{header}")
+    width = max(len(name) for name in comparison["rows"]) + 2
+    print(f"{'row (mean over seeds, spread max-min)':<{width}}" + "".join(f"{c:>19}" for c in COMPARE_METRICS.values()))
+    for name, metrics in comparison["rows"].items():
+        cells = ""
+        for metric in COMPARE_METRICS:
+            values = metrics.get(metric)
+            if values is None:
+                cells += f"{'-':>19}"
+                continue
+            mean, spread = statistics.fmean(values), max(values) - min(values)
+            cells += f"{f'{mean:.4f} ({spread:.4f})':>19}"
+            flat[f"{name}: {COMPARE_METRICS[metric]} mean"] = mean
+            flat[f"{name}: {COMPARE_METRICS[metric]} spread"] = spread
+        print(f"{name:<{width}}{cells}")
+    width = max([len(label) for label in comparison["pairs"]] + [20]) + 2
+    print(
+        f"\n{'pair: new - old':<{width}}{'metric':<14}" + "".join(f"{f'seed {s}':>10}" for s in seeds) + f"{'mean':>10}"
+    )
+    for label, metrics in comparison["pairs"].items():
+        for metric, differences in metrics.items():
+            mean = statistics.fmean(differences)
+            print(
+                f"{label:<{width}}{METRICS.get(metric, metric):<14}"
+                + "".join(f"{d:>+10.4f}" for d in differences)
+                + f"{mean:>+10.4f}"
+            )
+            for seed, difference in zip(seeds, differences, strict=True):
+                flat[f"{label}: {METRICS.get(metric, metric)} diff seed {seed}"] = difference
+            flat[f"{label}: {METRICS.get(metric, metric)} diff mean"] = mean
+    if comparison["pool_check"] is not None:
+        print(
+            f"check: the model's own image AUROC minus that of the recomputed {NEW_POOL} x {NEW_POOL} pooled score, "
+            f"largest |difference| over all evaluations: {comparison['pool_check']:.2e}"
+        )
+        flat["pool check: max |own - recomputed| image AUROC"] = comparison["pool_check"]
+    return flat
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -680,14 +966,33 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_work_") as scratch:
         workdir = args.workdir or (Path(scratch) if args.smoke else REPO / "runs" / "bench_accuracy")
         workdir.mkdir(parents=True, exist_ok=True)
-        rows, skipped = rows_to_run(args, workdir)
+        if args.compare_defaults:
+            if args.eval_every and not args.smoke:
+                msg = "--compare_defaults evaluates at the end of every epoch: leave out --eval_every"
+                raise SystemExit(msg)
+            args.eval_every = None  # the rows carry their own interval (an epoch)
+            if args.plot:
+                msg = "--plot draws against steps, which differ between batch sizes: not with --compare_defaults"
+                raise SystemExit(msg)
+            rows, skipped = compare_rows(args, workdir)
+        else:
+            rows, skipped = rows_to_run(args, workdir)
         if args.max_minutes is not None or args.smoke:
             notes.append(fit_to_budget(args, device, rows, args.max_minutes or 10.0))
+        if args.compare_defaults:
+            notes.append(compare_schedule(args, rows))
+            warning = defaults_check()
+            if warning:
+                notes.append(warning)
         print(f"device: {device}; data: {MVTEC / CATEGORY}; DTD: {DTD}; workdir: {workdir}")
         for line in notes + skipped:
             print(line)
+        batches, steps = str(args.batch_size), str(args.steps)
+        if args.compare_defaults:
+            draem = [row for row in rows if row["kind"] == "draem_weak"]
+            batches, steps = (" / ".join(str(row[key]) for row in draem) for key in ("batch_size", "steps"))
         print(
-            f"schedule: seeds {args.seeds}, {args.image_size} px, batch {args.batch_size}, DRAEM rows {args.steps} "
+            f"schedule: seeds {args.seeds}, {args.image_size} px, batch {batches}, DRAEM rows {steps} "
             f"steps, widths {args.reconstructive_width}/{args.discriminative_width}, lr {args.learning_rate:g}, "
             f"{torch.get_num_threads()} torch thread(s), {args.workers} loader worker(s)"
             + (
@@ -696,11 +1001,12 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
         )
-        print(
-            "caveat (Draem row): anomalib's DraemLoss uses kornia FocalLoss(alpha=1), which under kornia >= 0.9 "
-            "weights the normal class by 1 - alpha = 0, so normal pixels get no segmentation loss; DraemWeak uses "
-            "alpha=None as the original DRAEM. 'DraemWeak perlin' isolates that loss difference."
-        )
+        if not args.compare_defaults:
+            print(
+                "caveat (Draem row): anomalib's DraemLoss uses kornia FocalLoss(alpha=1), which under kornia >= 0.9 "
+                "weights the normal class by 1 - alpha = 0, so normal pixels get no segmentation loss; DraemWeak "
+                "uses alpha=None as the original DRAEM. 'DraemWeak perlin' isolates that loss difference."
+            )
         store = workdir / "results.json"
         done = json.loads(store.read_text()) if store.is_file() else {}
         results: dict[str, list[dict[str, Any]]] = {}
@@ -714,22 +1020,42 @@ def main(argv: list[str] | None = None) -> int:
                 run = done[key]
                 results.setdefault(row["name"], []).append(run)
                 shown = ", ".join(f"{column} {run['metrics'][metric]:.4f}" for metric, column in METRICS.items())
+                if args.compare_defaults:
+                    last = {c: last_evaluations(run, m) for m, c in COMPARE_METRICS.items()}
+                    shown = f"mean of the last {LAST_EVALUATIONS} evaluations: " + ", ".join(
+                        f"{column} {value:.4f}" for column, value in last.items() if value is not None
+                    )
                 print(f"  {row['name']}, seed {seed} (train {run['train_s']} s, test {run['test_s']} s): {shown}")
     table = summarise(results)
-    print_table(table, len(args.seeds))
+    if args.compare_defaults:
+        comparison = compare_summary(results, args.seeds)
+        header = (
+            f"Effect of each changed default: {CATEGORY}, seeds {args.seeds}, {args.image_size} px, DRAEM widths "
+            f"{args.reconstructive_width}/{args.discriminative_width}, lr {args.learning_rate:g}, "
+            f"{'SMOKE' if args.smoke else args.compare_epochs} epochs; a run's value = mean of its last "
+            f"{LAST_EVALUATIONS} evaluations"
+        )
+        compare_flat = print_comparison(comparison, header)
+        for line in skipped:
+            print(line)
+    else:
+        print_table(table, len(args.seeds))
     summary: dict[str, Any] = {
         "device": device,
         "schedule": schedule_label(args, notes),
         "seeds": " ".join(map(str, args.seeds)),
         "image_size": args.image_size,
-        "batch_size": args.batch_size,
+        "batch_size": f"{NEW_BATCH} / {OLD_BATCH}" if args.compare_defaults else args.batch_size,
         "draem_steps": args.steps,
         "draem_widths": f"{args.reconstructive_width}/{args.discriminative_width}",
         "learning_rate": args.learning_rate,
     }
     if args.destseg_teacher:
         summary |= {"destseg_steps": args.destseg_steps, "destseg_student_steps": args.destseg_student_steps}
-    for name, metrics in table.items():
+    if args.compare_defaults:
+        summary |= {"draem_steps": " / ".join(str(row["steps"]) for row in rows[:3]), "epochs": args.compare_epochs}
+        summary |= compare_flat
+    for name, metrics in ({} if args.compare_defaults else table).items():
         for metric, (mean, spread) in metrics.items():
             summary[f"{name}: {METRICS[metric]} mean"] = mean
             summary[f"{name}: {METRICS[metric]} std"] = spread

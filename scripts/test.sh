@@ -14,4 +14,5 @@ if [ -d ../shared/data/support/bottle ]; then
     for bench in bank generate foreground writers train infer accuracy; do
         .venv/bin/python "benchmarks/bench_$bench.py" --smoke
     done
+    .venv/bin/python benchmarks/bench_accuracy.py --smoke --compare_defaults
 fi
