@@ -16,12 +16,17 @@ from .cli_server import CliServer
 # The environment the tests started with: a command run under another one (a test set a variable) gets a fresh
 # interpreter, as modules read some variables once at import (huggingface_hub's HF_HUB_OFFLINE).
 _STARTING_ENVIRONMENT = dict(os.environ)
+# Set in this process by the libraries while tests run (pytest's current test, Lightning's seed_everything) and
+# read only at run time: a fork gets them with the rest of the environment, as a new process would.
+_SET_AT_RUN_TIME = ("PYTEST_", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 _servers: list[CliServer] = []
 
 
-def _environment(variables: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables a command sees, less pytest's own (``PYTEST_CURRENT_TEST`` changes with every test)."""
-    return {k: v for k, v in (os.environ if variables is None else variables).items() if not k.startswith("PYTEST_")}
+def _changed_at_import() -> set[str]:
+    """Variables that differ from the suite's start, except those read only at run time (:data:`_SET_AT_RUN_TIME`)."""
+    now, start = os.environ, _STARTING_ENVIRONMENT
+    changed = {key for key in now.keys() | start.keys() if now.get(key) != start.get(key)}
+    return {key for key in changed if not key.startswith(_SET_AT_RUN_TIME)}
 
 
 def cli_server() -> CliServer:
@@ -38,10 +43,10 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = Fals
     ``anomalib`` and ``anogen`` commands run in a fork of :func:`cli_server` (a new process without ~15 s of
     imports); with ``fresh``, another console script, or a changed environment, in a new interpreter.
     """
-    if not fresh and args[0] in CliServer.commands and _environment() == _environment(_STARTING_ENVIRONMENT):
+    if not fresh and args[0] in CliServer.commands and not _changed_at_import():
         with tempfile.TemporaryDirectory(prefix="cli_") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            return cli_server().run(args, cwd, out, timeout, err)
+            return cli_server().run(args, cwd, out, timeout, err, env=dict(os.environ))
     executable = Path(sys.executable).with_name(args[0])
     return subprocess.run(
         [str(executable), *args[1:]],

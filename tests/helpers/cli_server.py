@@ -35,9 +35,14 @@ def _mains() -> dict:
     return {"anomalib": anomalib.cli.cli.main, "anogen": anomalib_anogen.cli.main}
 
 
-def _child(main, argv: list[str], cwd: str, log: str, err: str | None) -> None:  # pragma: no cover - in the fork
+def _child(  # pragma: no cover - runs in the fork
+    main, argv: list[str], cwd: str, log: str, err: str | None, env: dict[str, str] | None
+) -> None:
     code = 1
     try:
+        if env is not None:  # the caller's environment, as a new process of the caller would get it
+            os.environ.clear()
+            os.environ.update(env)
         descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(descriptor, 1)
         os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if err else descriptor, 2)
@@ -87,7 +92,8 @@ def serve() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(mains[request["argv"][0]], request["argv"], request["cwd"], request["log"], request.get("err"))
+            argv = request["argv"]
+            _child(mains[argv[0]], argv, request["cwd"], request["log"], request.get("err"), request.get("env"))
         replies.write(json.dumps({"returncode": _wait(pid, request["timeout"])}) + "\n")
         replies.flush()
 
@@ -113,10 +119,21 @@ class CliServer:
         return json.loads(line)
 
     def run(
-        self, argv: list[str], cwd: Path, log: Path, timeout: float = 600, err: Path | None = None
+        self,
+        argv: list[str],
+        cwd: Path,
+        log: Path,
+        timeout: float = 600,
+        err: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        """Run one command in a fresh fork; stdout holds its stdout, and its stderr too unless ``err`` is given."""
+        """Run one command in a fresh fork; stdout holds its stdout, and its stderr too unless ``err`` is given.
+
+        ``env``: the command's environment (default: the server's). Only what modules read at run time follows
+        it; what they read once at import is the server's.
+        """
         request = {"argv": argv, "cwd": str(cwd), "log": str(log), "timeout": timeout, "err": err and str(err)}
+        request["env"] = env
         self.process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
         returncode = self._read()["returncode"]
