@@ -585,8 +585,9 @@ def test_a_bad_token_of_a_later_defect_is_refused_before_the_first_defect_trains
         ("shots", 0, "at least 1"),
         ("threads", 0, f"[1, {os.cpu_count()}]"),
         ("threads", (os.cpu_count() or 1) + 1, f"[1, {os.cpu_count()}]"),
-        ("devices", 0, "auto or a number of GPUs, 1 or more"),
-        ("devices", "two", "auto or a number of GPUs, 1 or more"),
+        ("devices", 0, "an integer >= 1 (or auto for every GPU"),
+        ("devices", "two", "an integer >= 1 (or auto for every GPU"),
+        ("num_nodes", 0, "an integer >= 1 (machines, each started by torchrun or SLURM"),
         ("accelerator", "tpu", "auto, cpu, gpu, cuda"),
         ("precision", "16", "auto, 32, bf16 or fp16"),
     ],
@@ -597,7 +598,7 @@ def test_options_out_of_range_are_refused_with_the_range(
     _training_must_not_start(monkeypatch)
     with pytest.raises(AnogenInputError, match=f"--{option} ") as refused:
         learn(support=str(support), output=str(tmp_path / "out"), **{**FAST, option: value})
-    assert allowed in str(refused.value) and f"(got {value!r})".replace("'", "") in str(refused.value).replace("'", "")
+    assert allowed in str(refused.value) and f"got {value!r})".replace("'", "") in str(refused.value).replace("'", "")
     assert not (tmp_path / "out").exists()
 
 
