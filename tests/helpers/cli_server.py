@@ -5,10 +5,13 @@ project's 2-core machine, more than most tiny docs commands take to run. This se
 console scripts import, once, and then runs each command in a process forked from it: a fresh process
 per command (its own globals, seed, logging, exit code, no state left for the next one), started in
 milliseconds. The child runs exactly the console script's ``main`` with ``sys.argv`` set, so the plugin
-hook that matters is the real one: ``anomalib.cli`` is imported here as the ``anomalib`` script imports it.
+hook that matters is the real one: ``anomalib.cli`` is imported here as the ``anomalib`` script imports it,
+and the one-line error hook, which the plugin installs only in the ``anomalib`` command, is installed in each
+``anomalib`` child; an uncaught error goes to ``sys.excepthook`` as in a real process.
 
-Protocol (one JSON object a line): the client writes ``{"argv": [...], "cwd": ..., "log": ..., "timeout": s}``
-and reads ``{"returncode": n}``; the command's stdout and stderr go to ``log``.
+Protocol (one JSON object a line): the client writes ``{"argv": [...], "cwd": ..., "log": ..., "timeout": s,
+"err": ..., "env": {...}}`` and reads ``{"returncode": n}``; the command's stdout goes to ``log``, its stderr
+to ``err`` (or ``log`` too), and it runs with ``env`` (or the server's environment).
 """
 
 from __future__ import annotations
