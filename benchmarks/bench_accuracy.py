@@ -395,30 +395,18 @@ def curve_evaluator() -> Any:
     return Evaluator(val_metrics=val_metrics, test_metrics=list(anogen_evaluator().test_metrics))
 
 
-def pooled_max(anomaly_map: Any, size: int) -> Any:
-    """Image scores as ``DraemWeakModel`` computes them: maximum of the map averaged over ``size`` x ``size``.
-
-    The same constant-kernel convolution (zero padding, stride 1); ``size`` 1 is anomalib's raw maximum.
-    """
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    maps = anomaly_map.reshape(-1, 1, *anomaly_map.shape[-2:]).float()
-    if size > 1:
-        box = torch.full((1, 1, size, size), 1.0 / (size * size), dtype=maps.dtype, device=maps.device)
-        maps = F.conv2d(maps, box, padding=size // 2)
-    return torch.amax(maps, dim=(-3, -2, -1))
-
-
 def curve_recorder(pools: tuple[int, ...] = ()) -> Any:
     """A Lightning callback that keeps the validation metrics at each evaluated step (``.points``).
 
-    ``pools``: also the image AUROC of the anomaly maps scored by ``pooled_max`` at each of these sizes
-    (``image_AUROC_pool{size}``), from the same maps as the evaluator's metrics: no other evaluation.
+    ``pools``: also the image AUROC of the anomaly maps scored by ``pooled_max`` (``DraemWeakModel``'s score) at
+    each of these sizes (``image_AUROC_pool{size}``), from the same maps as the evaluator's metrics: no other
+    evaluation.
     """
     import torch
     from lightning.pytorch.callbacks import Callback
     from torchmetrics.functional.classification import binary_auroc
+
+    from anomalib_anogen.models.image.draem_weak.torch_model import pooled_max  # DraemWeakModel's own score
 
     class CurveRecorder(Callback):
         def __init__(self) -> None:

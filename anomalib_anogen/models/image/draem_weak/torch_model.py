@@ -62,8 +62,18 @@ class DraemWeakModel(DraemModel):
         output = super().forward(batch)
         if self.training or self.score_pool == 1:
             return output
-        anomaly_map = output.anomaly_map.unsqueeze(1)
-        size = self.score_pool
-        box = torch.full((1, 1, size, size), 1.0 / (size * size), dtype=anomaly_map.dtype, device=anomaly_map.device)
-        pooled = F.conv2d(anomaly_map, box, padding=size // 2)
-        return InferenceBatch(pred_score=torch.amax(pooled, dim=(-3, -2, -1)), anomaly_map=output.anomaly_map)
+        score = pooled_max(output.anomaly_map, self.score_pool)
+        return InferenceBatch(pred_score=score, anomaly_map=output.anomaly_map)
+
+
+def pooled_max(anomaly_map: torch.Tensor, size: int) -> torch.Tensor:
+    """Image scores ``(B,)``: the maximum of each map averaged over ``size`` x ``size`` pixels (1: the raw maximum).
+
+    Average pooling with stride 1 and zero padding, as DRAEM's evaluation, written as a convolution with a
+    constant kernel: OpenVINO's INT8 compilation of an ``AvgPool`` failed on an AVX-512 CPU, a convolution's does not.
+    """
+    maps = anomaly_map.reshape(-1, 1, *anomaly_map.shape[-2:])
+    if size > 1:
+        box = torch.full((1, 1, size, size), 1.0 / (size * size), dtype=maps.dtype, device=maps.device)
+        maps = F.conv2d(maps, box, padding=size // 2)
+    return torch.amax(maps, dim=(-3, -2, -1))
