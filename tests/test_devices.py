@@ -117,6 +117,9 @@ def test_plan_devices_uses_at_most_the_gpus_there_are_and_the_work_there_is(
             wanted = gpus if devices_option == "auto" else devices_option
             assert kind == "cuda" and count == max(1, min(wanted, gpus, units))
     assert plan_devices("cpu", devices_option, 5) == ("cpu", 1)
+    if gpus:  # under a launcher (units None) the processes it started decide, not the work
+        wanted = gpus if devices_option == "auto" else devices_option
+        assert plan_devices("auto", devices_option, None) == ("cuda", min(wanted, gpus))
     if gpus == 0:
         with pytest.raises(AnogenInputError, match="--accelerator gpu: no CUDA device"):
             plan_devices("gpu", devices_option, 5)

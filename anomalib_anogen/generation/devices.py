@@ -154,7 +154,9 @@ def launch_fabric(
     """
     from lightning.fabric import Fabric
 
-    kind, count = plan_devices(accelerator, devices, units)
+    # Under torchrun or SLURM the processes exist already, one per device: Fabric must see all of them, even
+    # when there is less work than devices (those ranks find nothing to do and wait at the barrier).
+    kind, count = plan_devices(accelerator, devices, None if _launched_by_a_cluster() else units)
     fabric = Fabric(
         accelerator=kind,
         devices=count,
@@ -166,17 +168,18 @@ def launch_fabric(
     return fabric
 
 
-def plan_devices(accelerator: str, devices: int | str, units: int) -> tuple[str, int]:
+def plan_devices(accelerator: str, devices: int | str, units: int | None) -> tuple[str, int]:
     """Accelerator and device count for Lightning Fabric.
 
-    Several GPUs only when there are several units of work (defect types for learn, chunks for generate).
+    Several GPUs only when there are several units of work (defect types for learn, chunks for generate);
+    ``units`` None: no such cap (a launcher already started one process per device).
     """
     import torch
 
     if wants_cuda(accelerator):
         available = torch.cuda.device_count()
         wanted = available if devices == "auto" else int(devices)
-        return "cuda", max(1, min(wanted, available, units))
+        return "cuda", max(1, min(wanted, available, units or wanted))
     if accelerator in {"gpu", "cuda"}:
         msg = f"--accelerator {accelerator}: no CUDA device is available"
         raise AnogenInputError(msg)
