@@ -37,13 +37,13 @@ def cli_server() -> CliServer:
     return _servers[0]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600, fresh: bool = False) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a console script of the test environment (``anomalib`` or ``anogen``) as a user would, in a new process.
 
     ``anomalib`` and ``anogen`` commands run in a fork of :func:`cli_server` (a new process without ~15 s of
-    imports); with ``fresh``, another console script, or a changed environment, in a new interpreter.
+    imports); another console script, or a command under a changed environment, in a new interpreter.
     """
-    if not fresh and args[0] in CliServer.commands and not _changed_at_import():
+    if args[0] in CliServer.commands and not _changed_at_import():
         with tempfile.TemporaryDirectory(prefix="cli_") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
             return cli_server().run(args, cwd, out, timeout, err, env=dict(os.environ))
