@@ -91,3 +91,11 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("toy_mvtec")
     make_toy_category(root, size=48, n_train=8, n_test_good=3, n_test_per_defect=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
+    """The toy category as ``anogen generate``'s inputs: normal folder, support set and box priors (read only)."""
+    from .helpers.data import toy_inputs
+
+    return toy_inputs(toy_root, tmp_path_factory.mktemp("toy_inputs"))

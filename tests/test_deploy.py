@@ -245,22 +245,29 @@ def int8_calibration_data(toy_root: Path) -> object:
     )
 
 
-def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path: Path, toy_root: Path) -> None:
-    """An INT8 export must compile on any CPU (DraemWeak's pooled image score as an AvgPool once failed on AVX-512)."""
-    import openvino as ov
+def export_int8(model: object, datamodule: object, root: Path) -> Path:
+    """``Engine.export`` to OpenVINO INT8 (post-training quantisation calibrated on ``datamodule``'s val split)."""
     from anomalib.deploy import CompressionType, ExportType
     from anomalib.engine import Engine
 
-    datamodule = int8_calibration_data(toy_root)
-    xml = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False).export(
-        model=deployed.model,
-        export_type=ExportType.OPENVINO,
-        export_root=tmp_path,
-        input_size=SIZE,
-        compression_type=CompressionType.INT8_PTQ,
-        datamodule=datamodule,
-        onnx_kwargs={"opset_version": 18},
+    return Path(
+        Engine(default_root_dir=root, accelerator="cpu", logger=False).export(
+            model=model,
+            export_type=ExportType.OPENVINO,
+            export_root=root,
+            input_size=SIZE,
+            compression_type=CompressionType.INT8_PTQ,
+            datamodule=datamodule,
+            onnx_kwargs={"opset_version": 18},
+        )
     )
+
+
+def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path: Path, toy_root: Path) -> None:
+    """An INT8 export must compile on any CPU (DraemWeak's pooled image score as an AvgPool once failed on AVX-512)."""
+    import openvino as ov
+
+    xml = export_int8(deployed.model, int8_calibration_data(toy_root), tmp_path)
     core = ov.Core()
     network = core.read_model(xml)
     network.reshape({network.input(0): [1, 3, *SIZE]})  # a line PC's fixed input: static shapes fuse more
@@ -272,8 +279,6 @@ def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path:
 def test_int8_calibrates_on_normal_training_images_only(tmp_path: Path, toy_root: Path) -> None:
     """Anomalib's INT8_PTQ calibrates on val_dataloader(): with val_split_mode=from_train those are train/good."""
     from anomalib.data import MVTecAD
-    from anomalib.deploy import CompressionType, ExportType
-    from anomalib.engine import Engine
 
     def calibration_images(datamodule: MVTecAD) -> list[tuple[str, int]]:
         used: list[tuple[str, int]] = []
@@ -294,17 +299,8 @@ def test_int8_calibrates_on_normal_training_images_only(tmp_path: Path, toy_root
 
     datamodule = int8_calibration_data(toy_root)
     used = calibration_images(datamodule)
-    model = build("DraemWeak")
-    xml = Engine(default_root_dir=tmp_path, accelerator="cpu", logger=False).export(
-        model=model,
-        export_type=ExportType.OPENVINO,
-        export_root=tmp_path,
-        input_size=SIZE,
-        compression_type=CompressionType.INT8_PTQ,
-        datamodule=datamodule,
-        onnx_kwargs={"opset_version": 18},
-    )
-    assert Path(xml).is_file()
+    xml = export_int8(build("DraemWeak"), datamodule, tmp_path)
+    assert xml.is_file()
     assert len(used) == 4  # half of the 8 toy training images
     train_good = toy_root / "toy_bottle" / "train" / "good"
     assert all(Path(path).parent == train_good and label == 0 for path, label in used), used

@@ -26,13 +26,7 @@ from anomalib_anogen.generation.generate import generate
 from anomalib_anogen.generation.show import INCOMPLETE_COLOUR, TITLE, show
 
 from .helpers.cli import error_line
-from .helpers.data import all_files, toy_inputs, write_support
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
-    """The toy category as generate's inputs (:func:`toy_inputs`)."""
-    return toy_inputs(toy_root, tmp_path_factory.mktemp("toy_inputs"))
+from .helpers.data import all_files, write_support
 
 
 def toy_args(toy: dict[str, str], output: Path, *extra: str) -> list[str]:

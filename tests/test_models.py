@@ -18,7 +18,10 @@ from .helpers.bank_factory import make_bank
 from .helpers.cli import run_cli
 from .helpers.data import REPO
 
-DESTSEG_SMALL = ("--model.pretrained_weights", "random", "--model.steps", "2", "--model.de_st_steps", "1")
+DESTSEG_SMALL = (  # random teacher, 2 steps (1 student), image score from the top 10
+    *("--model.pretrained_weights", "random", "--model.steps", "2"),
+    *("--model.de_st_steps", "1", "--model.T", "10"),
+)
 
 
 @dataclass(frozen=True)
@@ -45,14 +48,14 @@ CASES = (
         "Destseg",
         "destseg.yaml",
         False,
-        (*DESTSEG_SMALL, "--model.T", "10"),
+        DESTSEG_SMALL,
         ("--model.pretrained_weights", "--model.de_st_steps", "--model.T", "--model.dtd_dir"),
     ),
     ModelCase(
         "DestsegWeak",
         "destseg_weak.yaml",
         True,
-        (*DESTSEG_SMALL, "--model.T", "10"),
+        DESTSEG_SMALL,
         ("--model.pretrained_weights", "--model.p_cutoff", "--model.de_st_steps", "--model.T"),
     ),
 )

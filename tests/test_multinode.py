@@ -15,14 +15,9 @@ import pytest
 from anomalib_anogen.cli import main as cli_main
 
 from .helpers.cli import error_line
-from .helpers.data import all_files, toy_inputs
+from .helpers.data import all_files
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
-    return toy_inputs(toy_root, tmp_path_factory.mktemp("toy_inputs"))
 
 
 def free_port() -> int:

@@ -17,13 +17,7 @@ from anomalib_anogen.generation.bank_writer import BankWriter
 from anomalib_anogen.generation.generate import generate
 
 from .helpers.cli import error_line
-from .helpers.data import all_files, toy_inputs
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
-    """The toy category as generate's inputs (:func:`toy_inputs`)."""
-    return toy_inputs(toy_root, tmp_path_factory.mktemp("toy_writers"))
+from .helpers.data import all_files
 
 
 def bank(toy: dict[str, str], output: Path, **options: object) -> Path:
