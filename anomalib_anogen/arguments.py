@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
 
 
 class ModelArgumentError(AnogenInputError):

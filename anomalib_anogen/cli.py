@@ -21,22 +21,22 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 # name -> (module, function, one-line help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "learn": (
-        "anomalib_anogen.generation.learn",
+        "anomalib_anogen.learn.command",
         "learn",
         "Learn one anomaly embedding per defect type from a few real anomalies (masked textual inversion).",
     ),
     "import-embedding": (
-        "anomalib_anogen.generation.learn",
+        "anomalib_anogen.learn.command",
         "import_embedding",
         "Convert the AnoGen authors' released embeddings.pt files into anogen's embedding format.",
     ),
     "generate": (
-        "anomalib_anogen.generation.generate",
+        "anomalib_anogen.generate.command",
         "generate",
         "Generate anomalies into normal images at sampled boxes and write an anomaly bank.",
     ),
     "show": (
-        "anomalib_anogen.generation.show",
+        "anomalib_anogen.generate.show",
         "show",
         "Write a contact sheet of an anomaly bank (normal | generated with box | mask per defect type).",
     ),
@@ -78,7 +78,7 @@ def _remove_if_empty(output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one subcommand, map input errors to exit code 2."""
-    from anomalib_anogen.generation.errors import AnogenInputError
+    from anomalib_anogen.core.errors import AnogenInputError
 
     parser = build_parser()
     config = parser.parse_args(argv)  # argument errors exit 2 here, as argparse does

@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from anomalib_anogen.deploy import check_parity, compiled_precision, cpu_info, export_raw, load_inferencer
-    from anomalib_anogen.generation.generate import generate
-    from anomalib_anogen.generation.learn import learn
-    from anomalib_anogen.generation.show import show
+    from anomalib_anogen.generate.command import generate
+    from anomalib_anogen.generate.show import show
+    from anomalib_anogen.learn.command import learn
     from anomalib_anogen.models import DraemWeak
 
     seed_everything(args.seed, workers=True)

@@ -33,7 +33,7 @@ def make_paste_bank(output: Path, limit: int, per_image: int = 1, resume: bool =
     ``resume``: generate's own ``--resume``: a finished bank with the same settings is kept, an interrupted one
     completed.
     """
-    from anomalib_anogen.generation.generate import generate
+    from anomalib_anogen.generate.command import generate
 
     return generate(
         normal=str(NORMAL),

@@ -256,12 +256,12 @@ def paste_bank(workdir: Path, images: int, per_image: int) -> Path:
 
 def diffusion_bank(args: Any, workdir: Path) -> tuple[Path | None, str]:
     """An existing or newly generated diffusion bank, or ``None`` and why not."""
-    from anomalib_anogen.generation.generate import generate
+    from anomalib_anogen.generate.command import generate
 
     if args.diffusion_bank:
         return args.diffusion_bank, f"diffusion bank {args.diffusion_bank}"
     if args.smoke:  # exercise the path with the built-in random-weight model: mechanics only
-        from anomalib_anogen.generation.learn import learn
+        from anomalib_anogen.learn.command import learn
 
         embeddings = workdir / "tiny_embeddings"
         if not embeddings.is_dir():

@@ -23,17 +23,10 @@ from _common import NORMAL, SHARED, SUPPORT, parser, report
 from PIL import Image
 
 from anomalib_anogen.data.toy import dark_part, darken_background, disc_reference
-from anomalib_anogen.generation.boxes import (
-    AUTO_MARGIN,
-    MAX_TRIES,
-    MIN_FOREGROUND,
-    BoxPrior,
-    derived_seed,
-    sample_box,
-)
-from anomalib_anogen.generation.foreground import foreground_mask
-from anomalib_anogen.generation.inputs import choose_priors, discover_cutouts
-from anomalib_anogen.generation.placement import load_placement
+from anomalib_anogen.generate.boxes import AUTO_MARGIN, MAX_TRIES, MIN_FOREGROUND, BoxPrior, derived_seed, sample_box
+from anomalib_anogen.generate.foreground import foreground_mask
+from anomalib_anogen.generate.inputs import choose_priors, discover_cutouts
+from anomalib_anogen.generate.placement import load_placement
 
 RULES = ("border", "otsu")
 TEMPLATES = SHARED / "anogen_reference" / "mask_template"

@@ -80,10 +80,10 @@ def write_embeddings(folder: Path, spec: str) -> dict[str, Any]:
     factor and prompt length.
     """
     from anomalib_anogen import __version__
-    from anomalib_anogen.generation.backbones import load_backbone
-    from anomalib_anogen.generation.boxes import load_priors
-    from anomalib_anogen.generation.embeddings import METADATA_FORMAT, write_embedding_dir
-    from anomalib_anogen.generation.learn import DEFAULT_TOKEN, token_for
+    from anomalib_anogen.core.backbones import load_backbone
+    from anomalib_anogen.generate.boxes import load_priors
+    from anomalib_anogen.learn.command import DEFAULT_TOKEN, token_for
+    from anomalib_anogen.learn.embeddings import METADATA_FORMAT, write_embedding_dir
 
     priors, _ = load_priors(None, CATEGORY)
     model = load_backbone(spec, seed=0)
@@ -188,7 +188,7 @@ def unet_seconds(config: dict[str, Any], batch: int, resolution: int, factor: in
     import torch
     from diffusers import UNet2DConditionModel
 
-    from anomalib_anogen.generation.devices import dtype_of, resolve_precision
+    from anomalib_anogen.core.devices import dtype_of, resolve_precision
 
     device = torch.device(args.device)
     dtype = dtype_of(resolve_precision(args.precision, device))
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from anomalib_anogen.generation.devices import resolve_precision
+    from anomalib_anogen.core.devices import resolve_precision
 
     diffusers_logging.set_verbosity_error()  # no "cast with to()" advice for the timed UNet
 

@@ -101,9 +101,9 @@ def run(args: Any, guidance: float, precision: str, mode: str, z0: Any, inside: 
     """
     import torch
 
-    from anomalib_anogen.generation.backbones import load_backbone
-    from anomalib_anogen.generation.devices import dtype_of
-    from anomalib_anogen.generation.sampling import BlendedSampler, BoxBatch
+    from anomalib_anogen.core.backbones import load_backbone
+    from anomalib_anogen.core.devices import dtype_of
+    from anomalib_anogen.generate.backends.diffusion import BlendedSampler, BoxBatch
 
     backbone = load_backbone(args.backbone, seed=0).to(args.device)
     dtype = dtype_of(precision)
@@ -170,8 +170,8 @@ def main() -> None:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from anomalib_anogen.generation.backbones import load_backbone
-    from anomalib_anogen.generation.sampling import BlendedSampler
+    from anomalib_anogen.core.backbones import load_backbone
+    from anomalib_anogen.generate.backends.diffusion import BlendedSampler
 
     diffusers_logging.set_verbosity_error()  # not the "cast with to()" warning of every native half run
     if args.device == "cpu":

@@ -75,10 +75,10 @@ class _LoopTime(logging.Handler):
 
 def _child(normal: Path, output: Path, writers: int, args: Any, result: Path) -> None:
     """In the forked child: one ``generate`` run; its loop's images and seconds go to ``result``."""
-    from anomalib_anogen.generation.generate import generate
+    from anomalib_anogen.generate.command import generate
 
     handler = _LoopTime()
-    logger = logging.getLogger("anomalib_anogen.generation.run")
+    logger = logging.getLogger("anomalib_anogen.generate.run")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)  # for the end-of-loop line; the root handler prints warnings only
     for root_handler in logging.getLogger().handlers:
@@ -152,8 +152,7 @@ def encode_hash_ms(bank: Path, repeats: int) -> float:
     import numpy as np
     from PIL import Image
 
-    from anomalib_anogen.generation.bank_writer import png_bytes
-    from anomalib_anogen.generation.support import sha256_bytes
+    from anomalib_anogen.core.files import png_bytes, sha256_bytes
 
     record = json.loads((bank / "manifest.jsonl").read_text().splitlines()[0])
     image = np.asarray(Image.open(bank / "images" / record["defect"] / f"{record['id']}.png").convert("RGB"))
@@ -190,9 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     large_tag = f"{width}x{height}"
 
     import lightning.fabric  # noqa: F401 (imported once here, before the forks, as generate's loop needs it)
-
-    import anomalib_anogen.generation.generate
-    import anomalib_anogen.generation.paste  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     files = sorted(p for p in NORMAL.iterdir() if p.suffix.lower() == ".png")[: args.images]

@@ -5,14 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalib_anogen.generation.backbones import (
-    TINY_WORDS,
-    build_tiny,
-    build_tiny_ldm,
-    load_backbone,
-    sd15_configs,
-)
-from anomalib_anogen.generation.errors import BackboneNotFoundError
+from anomalib_anogen.core.backbones import TINY_WORDS, build_tiny, build_tiny_ldm, load_backbone, sd15_configs
+from anomalib_anogen.core.errors import BackboneNotFoundError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

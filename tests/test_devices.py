@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalib_anogen.generation import devices, sampling, textual_inversion
-from anomalib_anogen.generation.devices import (
+from anomalib_anogen.core import devices
+from anomalib_anogen.core.devices import (
     PRECISIONS,
     check_precision,
     dtype_of,
@@ -19,7 +19,9 @@ from anomalib_anogen.generation.devices import (
     resolve_precision,
     training_fabric,
 )
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.generate.backends import diffusion
+from anomalib_anogen.learn import textual_inversion
 
 PACKAGE = Path(devices.__file__).resolve().parents[1]
 
@@ -74,7 +76,7 @@ def test_a_training_fabric_on_a_cpu_runs_fp32_whatever_is_asked(precision: str) 
 
 def test_the_resolution_lives_in_one_place() -> None:
     """The sampler and learn use devices' functions; no other module decides on bf16 or builds a scaler."""
-    assert sampling.resolve_precision is devices.resolve_precision
+    assert diffusion.resolve_precision is devices.resolve_precision
     assert textual_inversion.training_fabric is devices.training_fabric
     elsewhere = [
         path.relative_to(PACKAGE).as_posix()
@@ -91,11 +93,11 @@ def test_the_resolution_lives_in_one_place() -> None:
 
 
 def test_the_sampler_on_a_cpu_runs_fp32_whatever_is_asked() -> None:
-    from anomalib_anogen.generation.backbones import build_tiny
+    from anomalib_anogen.core.backbones import build_tiny
 
     backbone = build_tiny(0)
     for precision in PRECISIONS:
-        sampler = sampling.BlendedSampler(backbone, steps=2, guidance=2.0, precision=precision)
+        sampler = diffusion.BlendedSampler(backbone, steps=2, guidance=2.0, precision=precision)
         assert (sampler.precision, sampler.dtype) == ("32", torch.float32)
     assert next(backbone.unet.parameters()).dtype == torch.float32
 
@@ -105,7 +107,7 @@ def test_the_sampler_on_a_cpu_runs_fp32_whatever_is_asked() -> None:
 def test_plan_devices_uses_at_most_the_gpus_there_are_and_the_work_there_is(
     monkeypatch: pytest.MonkeyPatch, gpus: int, devices_option: int | str
 ) -> None:
-    from anomalib_anogen.generation.devices import plan_devices
+    from anomalib_anogen.core.devices import plan_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
@@ -127,8 +129,8 @@ def test_plan_devices_uses_at_most_the_gpus_there_are_and_the_work_there_is(
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_every_chunk_goes_to_exactly_one_rank(world: int) -> None:
-    from anomalib_anogen.generation.inputs import NormalImage
-    from anomalib_anogen.generation.run import chunks_for_rank, chunks_of, work_list
+    from anomalib_anogen.generate.inputs import NormalImage
+    from anomalib_anogen.generate.run import chunks_for_rank, chunks_of, work_list
 
     normals = [NormalImage(i, Path(f"{i:03d}.png"), "0" * 64, (8, 8)) for i in range(5)]
     chunks = chunks_of(work_list(normals, ["crack", "stain"], 4, 2), 3)

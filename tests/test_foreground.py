@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from anomalib_anogen.data.toy import dark_part, darken_background, disc_reference
-from anomalib_anogen.generation.foreground import foreground_mask, resolve_rule
+from anomalib_anogen.generate.foreground import foreground_mask, resolve_rule
 
 from .helpers.data import BOTTLE, needs_shared_bottle
 

@@ -15,19 +15,13 @@ import torch
 from PIL import Image
 
 from anomalib_anogen.cli import main as cli_main
+from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
-from anomalib_anogen.generation.bank_writer import LOCK_NAME
-from anomalib_anogen.generation.boxes import (
-    DEFAULT_PRIORS,
-    BoxPrior,
-    box_mask,
-    load_priors,
-    sample_box,
-)
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.foreground import foreground_mask
-from anomalib_anogen.generation.generate import generate
-from anomalib_anogen.generation.show import TITLE, show
+from anomalib_anogen.generate.bank_writer import LOCK_NAME
+from anomalib_anogen.generate.boxes import DEFAULT_PRIORS, BoxPrior, box_mask, load_priors, sample_box
+from anomalib_anogen.generate.command import generate
+from anomalib_anogen.generate.foreground import foreground_mask
+from anomalib_anogen.generate.show import TITLE, show
 
 from .helpers.data import BOTTLE, REPO, SHARED, all_files, needs_shared_bottle, needs_shared_support, toy_bottle
 
@@ -54,8 +48,8 @@ def support(toy: tuple[Path, Path]) -> Path:
 @pytest.fixture(scope="module")
 def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random 'learned' embeddings for the tiny backbone, one per bottle defect, in anogen learn's format."""
-    from anomalib_anogen.generation.backbones import build_tiny
-    from anomalib_anogen.generation.embeddings import write_embedding_dir
+    from anomalib_anogen.core.backbones import build_tiny
+    from anomalib_anogen.learn.embeddings import write_embedding_dir
 
     folder = tmp_path_factory.mktemp("embeddings")
     described = build_tiny(0).describe()
@@ -146,9 +140,9 @@ def test_poisson_paste_keeps_outside_exactly(tmp_path: Path, normal: Path, suppo
 
 
 def test_without_keep_outside_the_final_latent_outside_the_box_is_the_normal_latent(normal: Path) -> None:
-    from anomalib_anogen.generation.backbones import build_tiny
-    from anomalib_anogen.generation.boxes import Box
-    from anomalib_anogen.generation.sampling import BlendedSampler, BoxBatch
+    from anomalib_anogen.core.backbones import build_tiny
+    from anomalib_anogen.generate.backends.diffusion import BlendedSampler, BoxBatch
+    from anomalib_anogen.generate.boxes import Box
 
     model = build_tiny(0).freeze()
     sampler = BlendedSampler(model, steps=4, guidance=10.0)
@@ -246,7 +240,7 @@ def test_same_seed_same_bank_other_seed_other_bank(
 KILLED_AFTER_5_RECORDS = """
 import os, signal, sys
 from anomalib_anogen.cli import main
-from anomalib_anogen.generation.bank_writer import BankWriter
+from anomalib_anogen.generate.bank_writer import BankWriter
 append, appended = BankWriter._append, []
 def append_then_die(self, *args):
     append(self, *args)
@@ -435,8 +429,8 @@ def test_worker_ranks_neither_lock_nor_judge_the_bank(
 
     By then rank 0 has written bank.json: the workers go on to their chunks instead of refusing the bank or the lock.
     """
-    import anomalib_anogen.generation.generate as module
-    from anomalib_anogen.generation.bank_writer import BankLock
+    import anomalib_anogen.generate.command as module
+    from anomalib_anogen.generate.bank_writer import BankLock
 
     reached = []
     monkeypatch.setattr(module, "run", lambda *args: reached.append(args[6]))  # the mode handed to the run
@@ -506,8 +500,8 @@ OLD_PASTE_KEYS = {"support", "blend"}
 
 
 def test_typed_settings_write_the_settings_of_older_banks(paste_bank: Path, diffusion_bank: Path) -> None:
-    from anomalib_anogen.generation.bank_writer import settings_sha256
-    from anomalib_anogen.generation.settings import GenerateSettings
+    from anomalib_anogen.generate.bank_writer import settings_sha256
+    from anomalib_anogen.generate.settings import GenerateSettings
 
     for bank, extra in ((paste_bank, OLD_PASTE_KEYS), (diffusion_bank, OLD_DIFFUSION_KEYS)):
         summary = json.loads((bank / "bank.json").read_text())

@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 
 from anomalib_anogen.cli import main as cli_main
+from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
 from anomalib_anogen.data.toy import DEFECT_TYPES
-from anomalib_anogen.generation.bank_writer import LOCK_NAME
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.generate import generate
-from anomalib_anogen.generation.show import INCOMPLETE_COLOUR, TITLE, show
+from anomalib_anogen.generate.bank_writer import LOCK_NAME
+from anomalib_anogen.generate.command import generate
+from anomalib_anogen.generate.show import INCOMPLETE_COLOUR, TITLE, show
 
 from .helpers.cli import error_line
 from .helpers.data import all_files, write_support
@@ -59,7 +59,7 @@ def test_output_under_a_file_is_refused_before_any_work(
     """Root may write anywhere, so the output is made impossible: its parent is a file."""
     blocker = tmp_path / "notes.txt"
     blocker.write_text("x")
-    monkeypatch.setattr("anomalib_anogen.generation.generate.list_normals", no_work)
+    monkeypatch.setattr("anomalib_anogen.generate.command.list_normals", no_work)
     line = error_line(toy_args(toy, blocker / "runs" / "bank"), capsys)
     assert f"{blocker / 'runs' / 'bank'}: cannot create the --output folder: {blocker} is a file" in line
     assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
@@ -81,7 +81,7 @@ def test_an_input_error_after_the_lock_leaves_no_folder_behind(toy: dict[str, st
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from anomalib_anogen.generation.bank_writer import BankLock
+from anomalib_anogen.generate.bank_writer import BankLock
 BankLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(120)
@@ -169,7 +169,7 @@ OUT_OF_RANGE = [
 def test_generate_numbers_out_of_range_are_refused_before_anything(
     option: str, value: str, message: str, toy: dict[str, str], tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    monkeypatch.setattr("anomalib_anogen.generation.generate.list_normals", no_work)
+    monkeypatch.setattr("anomalib_anogen.generate.command.list_normals", no_work)
     output = tmp_path / "runs" / "bank"
     line = error_line(toy_args(toy, output, f"--{option}", value), capsys)
     assert message in line and f"got {value}" in line.replace("'", ""), line

@@ -13,19 +13,20 @@ import pytest
 import torch
 from PIL import Image
 
-from anomalib_anogen.generation import textual_inversion
-from anomalib_anogen.generation.backbones import build_tiny, build_tiny_ldm
-from anomalib_anogen.generation.embeddings import (
+from anomalib_anogen.core.backbones import build_tiny, build_tiny_ldm
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.data.support import discover_support, load_support
+from anomalib_anogen.learn import textual_inversion
+from anomalib_anogen.learn.command import import_embedding, learn
+from anomalib_anogen.learn.embeddings import (
     EMBEDDING_FILE,
     METADATA_FILE,
     apply_embedding,
     load_embedding,
     load_released,
 )
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.learn import import_embedding, learn
-from anomalib_anogen.generation.support import discover_support, load_support, sha256_file
-from anomalib_anogen.generation.textual_inversion import (
+from anomalib_anogen.learn.textual_inversion import (
     TEMPLATES,
     LearnConfig,
     evaluate_loss,
@@ -311,7 +312,7 @@ def test_import_refuses_non_finite_released_embeddings(tmp_path: Path) -> None:
 
 
 def test_load_refuses_a_changed_or_non_finite_embedding(tmp_path: Path) -> None:
-    from anomalib_anogen.generation.embeddings import write_embedding_dir
+    from anomalib_anogen.learn.embeddings import write_embedding_dir
 
     folder = write_embedding_dir(tmp_path, "crack", "<t>", torch.ones(1, 32), {"format": "anogen-embedding/1"}, False)
     assert torch.equal(load_embedding(folder).vector, torch.ones(1, 32))
@@ -334,7 +335,7 @@ def test_load_refuses_a_changed_or_non_finite_embedding(tmp_path: Path) -> None:
 
 def test_released_style_embedding_applies_to_an_ldm_backbone() -> None:
     """The released ``*`` overwrites the existing row of an LDM vocabulary, as in the authors' code."""
-    from anomalib_anogen.generation.embeddings import Embedding
+    from anomalib_anogen.learn.embeddings import Embedding
 
     ldm = build_tiny_ldm(0)
     before = len(ldm.tokenizer)
@@ -386,7 +387,7 @@ def test_rerun_keeps_finished_defects_and_learns_the_rest(
     learn(support=str(support), output=str(output), defects=["crack"], **FAST)  # the state a kill leaves
     crack = output / "crack" / EMBEDDING_FILE
     first, first_inode = crack.read_bytes(), crack.stat().st_ino
-    with caplog.at_level("INFO", logger="anomalib_anogen.generation.learn"):
+    with caplog.at_level("INFO", logger="anomalib_anogen.learn.command"):
         written = learn(support=str(support), output=str(output), **FAST)
     assert [p.name for p in written] == ["hole", "stain"]
     assert crack.read_bytes() == first and crack.stat().st_ino == first_inode
@@ -395,7 +396,7 @@ def test_rerun_keeps_finished_defects_and_learns_the_rest(
     inodes = {d: (output / d / EMBEDDING_FILE).stat().st_ino for d in ("crack", "hole", "stain")}
 
     caplog.clear()
-    with caplog.at_level("INFO", logger="anomalib_anogen.generation.learn"):
+    with caplog.at_level("INFO", logger="anomalib_anogen.learn.command"):
         assert learn(support=str(support), output=str(output), **FAST) == []
     assert "every defect is already learned" in caplog.text
 
@@ -508,7 +509,7 @@ def _training_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
         msg = "the backbone was loaded / training started before the input was refused"
         raise AssertionError(msg)
 
-    monkeypatch.setattr("anomalib_anogen.generation.learn._learn_on_rank", fail)
+    monkeypatch.setattr("anomalib_anogen.learn.command._learn_on_rank", fail)
 
 
 def _write_probe_fails(folder: Path) -> bool:
@@ -561,7 +562,7 @@ def test_a_bad_token_of_a_later_defect_is_refused_before_the_first_defect_trains
         msg = "a defect was trained before every token was checked"
         raise AssertionError(msg)
 
-    monkeypatch.setattr("anomalib_anogen.generation.textual_inversion.learn_embedding", fail)
+    monkeypatch.setattr("anomalib_anogen.learn.textual_inversion.learn_embedding", fail)
     _learn_fails(r"token 'stain</w>' already exists", tmp_path / "out", support=str(root), token="{defect}</w>")
 
 
@@ -668,7 +669,7 @@ def test_cli_unknown_hub_backbone_offline_exits_2(
 def test_thread_setting_is_restored_after_the_block() -> None:
     import torch
 
-    from anomalib_anogen.generation.threads import torch_threads
+    from anomalib_anogen.core.threads import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):

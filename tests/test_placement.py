@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from anomalib_anogen.cli import main as cli_main
+from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME
+from anomalib_anogen.data.support import discover_support, load_support
 from anomalib_anogen.data.toy import DEFECT_TYPES
-from anomalib_anogen.generation import show as show_module
-from anomalib_anogen.generation.boxes import AUTO_MARGIN, derive_prior
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.generate import generate
-from anomalib_anogen.generation.placement import read_template
-from anomalib_anogen.generation.support import discover_support, load_support
+from anomalib_anogen.generate import show as show_module
+from anomalib_anogen.generate.boxes import AUTO_MARGIN, derive_prior
+from anomalib_anogen.generate.command import generate
+from anomalib_anogen.generate.placement import read_template
 
 from .helpers.cli import error_line
 from .helpers.data import (
@@ -105,7 +105,7 @@ def test_one_roi_for_every_defect_and_the_foreground_too(toy: dict[str, str], tm
     bank = paste_bank(toy, tmp_path / "bank", placement=str(roi))
     placement = settings_of(bank)["placement"]
     assert placement["kind"] == "roi" and placement["foreground"] is True
-    from anomalib_anogen.generation.foreground import foreground_mask
+    from anomalib_anogen.generate.foreground import foreground_mask
 
     rule = settings_of(bank)["foreground"]
     assert rule == "border"
@@ -138,7 +138,7 @@ def bad_placement(toy: dict[str, str], output: Path, placement: Path, capsys, *e
 def test_bad_templates_are_refused_before_any_work(
     toy: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from anomalib_anogen.generation import generate as generate_module
+    from anomalib_anogen.generate import command as generate_module
 
     monkeypatch.setattr(generate_module, "run", lambda *a, **k: pytest.fail("work started"))
     good = {d: half(SIZE) for d in DEFECT_TYPES}
@@ -253,8 +253,8 @@ def test_auto_priors_options_and_diffusion_without_support_are_refused(
 ) -> None:
     import torch
 
-    from anomalib_anogen.generation.backbones import build_tiny
-    from anomalib_anogen.generation.embeddings import write_embedding_dir
+    from anomalib_anogen.core.backbones import build_tiny
+    from anomalib_anogen.learn.embeddings import write_embedding_dir
 
     embeddings = tmp_path / "embeddings"
     for index, defect in enumerate(DEFECT_TYPES):

@@ -12,9 +12,9 @@ import pytest
 
 from anomalib_anogen.cli import main as cli_main
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
-from anomalib_anogen.generation import bank_writer
-from anomalib_anogen.generation.bank_writer import BankWriter
-from anomalib_anogen.generation.generate import generate
+from anomalib_anogen.generate import bank_writer
+from anomalib_anogen.generate.bank_writer import BankWriter
+from anomalib_anogen.generate.command import generate
 
 from .helpers.cli import error_line
 from .helpers.data import all_files
@@ -96,7 +96,7 @@ def test_an_error_in_the_generation_loop_keeps_the_finished_records_and_resumes(
     toy: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = bank(toy, tmp_path / "whole", writers=0)
-    from anomalib_anogen.generation import paste as paste_module
+    from anomalib_anogen.generate.backends import paste as paste_module
 
     original, calls = paste_module.paste, []
 

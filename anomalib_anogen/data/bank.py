@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
 
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "bank.json"

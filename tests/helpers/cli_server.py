@@ -31,9 +31,9 @@ def _mains() -> dict:
     import anomalib.cli.cli  # the `anomalib` console script's import; the plugin hook fires here
 
     import anomalib_anogen.cli
-    import anomalib_anogen.generation.generate
-    import anomalib_anogen.generation.learn
-    import anomalib_anogen.generation.show
+    import anomalib_anogen.generate.command
+    import anomalib_anogen.generate.show
+    import anomalib_anogen.learn.command
 
     return {"anomalib": anomalib.cli.cli.main, "anogen": anomalib_anogen.cli.main}
 

@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anomalib_anogen.generation.bank_writer import WRITERS_MAX
-from anomalib_anogen.generation.boxes import (
+from anomalib_anogen.core.checks import SEED_MAX, check_number
+from anomalib_anogen.core.devices import check_devices, check_precision
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored, load_rgb
+from anomalib_anogen.generate.bank_writer import WRITERS_MAX
+from anomalib_anogen.generate.boxes import (
     AUTO_MARGIN,
     AUTO_MIN_COMPONENT,
     DEFAULT_PRIORS,
@@ -21,11 +26,7 @@ from anomalib_anogen.generation.boxes import (
     derive_prior,
     load_priors,
 )
-from anomalib_anogen.generation.checks import SEED_MAX, check_number
-from anomalib_anogen.generation.devices import check_devices, check_precision
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.foreground import FOREGROUND_RULES
-from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, load_rgb, sha256_file
+from anomalib_anogen.generate.foreground import FOREGROUND_RULES
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def list_normals(folder: str | Path, max_images: int | None = None) -> list[Norm
 
 
 def discover_embeddings(folder: str | None) -> DefectSources:
-    from anomalib_anogen.generation.embeddings import is_finished, load_embedding
+    from anomalib_anogen.learn.embeddings import is_finished, load_embedding
 
     if folder is None:
         msg = "--embeddings is required for --backend diffusion (or use --backend paste --support)"
@@ -108,8 +109,8 @@ def discover_embeddings(folder: str | None) -> DefectSources:
 
 
 def discover_cutouts(folder: str | None) -> DefectSources:
-    from anomalib_anogen.generation.paste import cut
-    from anomalib_anogen.generation.support import discover_support, load_support
+    from anomalib_anogen.data.support import discover_support, load_support
+    from anomalib_anogen.generate.backends.paste import cut
 
     if folder is None:
         msg = "--support is required for --backend paste"
@@ -176,7 +177,7 @@ def _shipped_category(category: str | None, normal: Path) -> str | None:
 
 def _support_masks(sources: DefectSources, support: str | None, backend: str) -> tuple[dict[str, list[Any]], Path]:
     """Each defect's support pairs (decoded): the paste backend's own, or (diffusion) those of ``--support``."""
-    from anomalib_anogen.generation.support import discover_support, load_support
+    from anomalib_anogen.data.support import discover_support, load_support
 
     if backend == "paste":
         pairs = {name: [c.source for c in cutouts] for name, cutouts in sources.cutouts.items()}
@@ -231,7 +232,7 @@ def choose_priors(
         raise AnogenInputError(msg)
     if not auto:
         table, found = load_priors(priors, category, normal)
-        shipped_name = "the shipped MVTec priors (anomalib_anogen/generation/mvtec_box_ranges.json)"
+        shipped_name = "the shipped MVTec priors (anomalib_anogen/generate/mvtec_box_ranges.json)"
         name = str(Path(priors).expanduser()) if priors else shipped_name
         return Priors(table, found, name)
     pairs, root = _support_masks(sources, support, backend)
@@ -259,7 +260,7 @@ def choose_priors(
 
 def load_model(spec: str | None, revision: str | None, sources: DefectSources) -> Any:
     """The backbone the embeddings were learned on (recorded in their metadata), checked by weight hash."""
-    from anomalib_anogen.generation.backbones import load_backbone
+    from anomalib_anogen.core.backbones import load_backbone
 
     recorded = {name: (e.metadata.get("backbone") or {}) for name, e in sources.embeddings.items()}
     ids = {str(info["id"]) for info in recorded.values() if info.get("id")}
@@ -305,7 +306,7 @@ def check_options(
     if backend not in BACKENDS:
         msg = f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})"
         raise AnogenInputError(msg)
-    from anomalib_anogen.generation.paste import BLENDS
+    from anomalib_anogen.generate.backends.paste import BLENDS
 
     if blend not in BLENDS:
         msg = f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})"

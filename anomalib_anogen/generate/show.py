@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from anomalib_anogen.core.checks import SEED_MAX, check_number
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import make_folder, png_bytes, remove_created, write_atomic
 from anomalib_anogen.data.bank import BankError, BankRecord, load_bank
-from anomalib_anogen.generation.bank_writer import make_folder, png_bytes, read_summary, remove_created, write_atomic
-from anomalib_anogen.generation.checks import SEED_MAX, check_number
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.generate.bank_writer import read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def show(bank: str, output: str = "sheet.png", per_defect: int = 4, cell: int = 
 
 def _regions(bank: Path, cell: int) -> dict[str, np.ndarray]:
     """Each defect's placement region at ``cell x cell`` (bool), for a bank made with ``--placement``."""
-    from anomalib_anogen.generation.placement import read_template
+    from anomalib_anogen.generate.placement import read_template
 
     placement = ((read_summary(bank) or {}).get("settings") or {}).get("placement")
     if not isinstance(placement, dict):

@@ -2,7 +2,7 @@
 
 As the paper: a box's width and height are drawn uniformly from per-defect ranges given as fractions of the
 image side, rotated by a random angle when the prior allows it, and accepted only when at least 75% of it lies
-on the object's foreground (generation/foreground.py; a texture category is all foreground). After a bounded
+on the object's foreground (generate/foreground.py; a texture category is all foreground). After a bounded
 number of tries the best box seen is used and the fallback is logged and recorded, so a bank never stalls on an
 image whose object is too small for its priors.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
 
 logger = logging.getLogger(__name__)
 

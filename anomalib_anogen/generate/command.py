@@ -7,7 +7,7 @@ composition never depends on what was already done: a resumed run, a single devi
 bytes. Every record's box and noise come from seeds derived from (``seed``, its id), never from a shared RNG.
 
 The options are checked before anything is written; then the bank's lock is taken (one writer per bank, see
-:class:`~anomalib_anogen.generation.bank_writer.BankLock`) and the inputs are checked before the bank is touched;
+:class:`~anomalib_anogen.generate.bank_writer.BankLock`) and the inputs are checked before the bank is touched;
 see docs/generate.md.
 """
 
@@ -18,12 +18,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from anomalib_anogen.generation.bank_writer import BankLock, check_bank_output, check_target
-from anomalib_anogen.generation.boxes import AUTO_MARGIN, MAX_TRIES, MIN_FOREGROUND
-from anomalib_anogen.generation.checks import check_number
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.foreground import resolve_rule
-from anomalib_anogen.generation.inputs import (
+from anomalib_anogen.core.checks import check_number
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.threads import torch_threads
+from anomalib_anogen.generate.bank_writer import BankLock, check_bank_output, check_target
+from anomalib_anogen.generate.boxes import AUTO_MARGIN, MAX_TRIES, MIN_FOREGROUND
+from anomalib_anogen.generate.foreground import resolve_rule
+from anomalib_anogen.generate.inputs import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
     check_for_model,
@@ -35,11 +37,9 @@ from anomalib_anogen.generation.inputs import (
     load_model,
     match_defects,
 )
-from anomalib_anogen.generation.placement import load_placement
-from anomalib_anogen.generation.run import cpu_threads, is_first_process, run, work_list
-from anomalib_anogen.generation.settings import GenerateSettings
-from anomalib_anogen.generation.support import sha256_file
-from anomalib_anogen.generation.threads import torch_threads
+from anomalib_anogen.generate.placement import load_placement
+from anomalib_anogen.generate.run import cpu_threads, is_first_process, run, work_list
+from anomalib_anogen.generate.settings import GenerateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def generate(
         support: Support folder for --backend paste (the layout of `anogen learn`).
         priors: Box-prior json, {category: {defect: [[w_min, w_max], [h_min, h_max], rotate]}} or {defect: ...};
             or auto: derived from the support masks (needs --support, also for the diffusion backend). Default:
-            the paper's MVTec priors (anomalib_anogen/generation/mvtec_box_ranges.json), or auto for a category
+            the paper's MVTec priors (anomalib_anogen/generate/mvtec_box_ranges.json), or auto for a category
             they lack.
         category: Category of the priors file (default: the part of the --normal path that the file names).
         priors_margin: --priors auto: the measured box sizes widened to [min / (1 + m), max * (1 + m)], >= 0.
@@ -122,7 +122,7 @@ def generate(
         blend: paste backend: feather | poisson (cv2.seamlessClone).
         resolution: Output side in pixels, 8 to 4096 (default: the backbone's native one; paste: the first image's
             width); diffusion: a multiple of the VAE factor.
-        foreground: auto (all for MVTec textures, else border) | border | otsu | all (see generation/foreground.py).
+        foreground: auto (all for MVTec textures, else border) | border | otsu | all (see generate/foreground.py).
         min_foreground: Share of a box that must lie on the foreground, 0 to 1 (paper: 0.75).
         max_tries: Boxes drawn (1 to 10000) before the best one seen is used (logged, recorded as box_fallback).
         seed: Seed of every box, noise and jitter, 0 to 2**32 - 1 (each record's derives from it and its id).
@@ -217,7 +217,7 @@ def generate(
         if model is not None:
             import torch
 
-            from anomalib_anogen.generation.devices import resolve_precision, wants_cuda
+            from anomalib_anogen.core.devices import resolve_precision, wants_cuda
 
             device = torch.device("cuda" if wants_cuda(accelerator) else "cpu")
             settings = GenerateSettings(

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from anomalib_anogen.generation.backbones import Backbone
-from anomalib_anogen.generation.boxes import PlacedBox, box_mask, composite, derived_seed, feather_alpha
-from anomalib_anogen.generation.devices import dtype_of, resolve_precision
+from anomalib_anogen.core.backbones import Backbone
+from anomalib_anogen.core.devices import dtype_of, resolve_precision
+from anomalib_anogen.generate.boxes import PlacedBox, box_mask, composite, derived_seed, feather_alpha
 
 if TYPE_CHECKING:
-    from anomalib_anogen.generation.inputs import DefectSources, NormalImage
-    from anomalib_anogen.generation.run import SourceCache, WorkItem
-    from anomalib_anogen.generation.settings import GenerateSettings
+    from anomalib_anogen.generate.inputs import DefectSources, NormalImage
+    from anomalib_anogen.generate.run import SourceCache, WorkItem
+    from anomalib_anogen.generate.settings import GenerateSettings
 
 
 @dataclass
@@ -151,8 +151,8 @@ class DiffusionMaker:
     """Diffusion backend: one blended-DDIM call per chunk, normal latents encoded once per image."""
 
     def __init__(self, model: Any, sources: DefectSources, settings: GenerateSettings, device: Any) -> None:
-        from anomalib_anogen.generation.embeddings import apply_embedding
-        from anomalib_anogen.generation.inputs import defect_tokens
+        from anomalib_anogen.generate.inputs import defect_tokens
+        from anomalib_anogen.learn.embeddings import apply_embedding
 
         model.to(device)
         tokens = defect_tokens(sources)

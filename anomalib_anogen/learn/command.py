@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from anomalib_anogen import __version__
-from anomalib_anogen.generation.devices import check_devices, launch_fabric
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.support import LoadedPair, SupportSet, discover_support, load_support, sha256_file
-from anomalib_anogen.generation.threads import torch_threads
+from anomalib_anogen.core.devices import check_devices, launch_fabric
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.threads import torch_threads
+from anomalib_anogen.data.support import LoadedPair, SupportSet, discover_support, load_support
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,8 @@ def learn(
     Returns:
         The defect folders this run wrote (kept defects are logged, not returned).
     """
-    from anomalib_anogen.generation.embeddings import check_embeddings_output
-    from anomalib_anogen.generation.textual_inversion import LearnConfig
+    from anomalib_anogen.learn.embeddings import check_embeddings_output
+    from anomalib_anogen.learn.textual_inversion import LearnConfig
 
     config = LearnConfig(
         steps=steps,
@@ -177,7 +178,7 @@ def _planned_metadata(
     defect: str, token_template: str, config: Any, found: SupportSet, pairs: list[LoadedPair]
 ) -> dict[str, Any]:
     """What this run will record for ``defect`` before training; the backbone and resolution come once it is loaded."""
-    from anomalib_anogen.generation.textual_inversion import config_dict
+    from anomalib_anogen.learn.textual_inversion import config_dict
 
     return {
         "defect": defect,
@@ -197,7 +198,7 @@ def _planned_metadata(
 
 def _templates_record() -> dict[str, Any]:
     """The prompt templates a run learns with (``textual_inversion.TEMPLATES``): count, sha256 and source."""
-    from anomalib_anogen.generation.textual_inversion import TEMPLATES, templates_sha256
+    from anomalib_anogen.learn.textual_inversion import TEMPLATES, templates_sha256
 
     return {
         "count": len(TEMPLATES),
@@ -290,7 +291,7 @@ def _refuse_if_different(folder: Path, old: dict[str, Any], new: dict[str, Any],
 
 def _check_kept(folder: Path, planned: dict[str, Any]) -> dict[str, Any]:
     """The metadata of a finished defect that this run keeps: intact, and learned with the same settings."""
-    from anomalib_anogen.generation.embeddings import METADATA_FILE, load_embedding
+    from anomalib_anogen.learn.embeddings import METADATA_FILE, load_embedding
 
     try:
         metadata = load_embedding(folder).metadata
@@ -322,9 +323,9 @@ def _learn_on_rank(
 ) -> list[Path]:
     import torch
 
-    from anomalib_anogen.generation.backbones import load_backbone
-    from anomalib_anogen.generation.embeddings import METADATA_FORMAT, write_embedding_dir
-    from anomalib_anogen.generation.textual_inversion import check_token, learn_embedding
+    from anomalib_anogen.core.backbones import load_backbone
+    from anomalib_anogen.learn.embeddings import METADATA_FORMAT, write_embedding_dir
+    from anomalib_anogen.learn.textual_inversion import check_token, learn_embedding
 
     model = load_backbone(backbone_spec, revision=revision, seed=config.seed)
     model.to(fabric.device)
@@ -413,7 +414,7 @@ def import_embedding(
         defect: Defect name for a single input file (default: the file name, less "<category>_").
         overwrite: Replace finished embeddings in --output (refused otherwise).
     """
-    from anomalib_anogen.generation.embeddings import (
+    from anomalib_anogen.learn.embeddings import (
         EMBEDDING_FILE,
         METADATA_FILE,
         METADATA_FORMAT,

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anomalib_anogen.generation.bank_writer import BankWriter, NormalCopy
-from anomalib_anogen.generation.boxes import BoxPrior, PlacedBox, box_mask, derived_seed, sample_box
-from anomalib_anogen.generation.foreground import foreground_mask
-from anomalib_anogen.generation.inputs import DefectSources, NormalImage
-from anomalib_anogen.generation.placement import Placement
-from anomalib_anogen.generation.settings import GenerateSettings
-from anomalib_anogen.generation.support import load_rgb
+from anomalib_anogen.core.images import load_rgb
+from anomalib_anogen.generate.bank_writer import BankWriter, NormalCopy
+from anomalib_anogen.generate.boxes import BoxPrior, PlacedBox, box_mask, derived_seed, sample_box
+from anomalib_anogen.generate.foreground import foreground_mask
+from anomalib_anogen.generate.inputs import DefectSources, NormalImage
+from anomalib_anogen.generate.placement import Placement
+from anomalib_anogen.generate.settings import GenerateSettings
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def run(
     writers: int = 0,
     num_nodes: int = 1,
 ) -> Path:
-    from anomalib_anogen.generation.devices import launch_fabric
+    from anomalib_anogen.core.devices import launch_fabric
 
     batch = settings.batch_size or 1
     chunks = chunks_of(items, batch)
@@ -157,11 +157,11 @@ def run(
     mine = [c for c in assigned if any(i.record_id not in done for i in c)]
     pending = sum(1 for c in mine for i in c if i.record_id not in done)
     if model is not None:
-        from anomalib_anogen.generation.sampling import DiffusionMaker
+        from anomalib_anogen.generate.backends.diffusion import DiffusionMaker
 
         maker: Any = DiffusionMaker(model, sources, settings, fabric.device)
     else:
-        from anomalib_anogen.generation.paste import PasteMaker
+        from anomalib_anogen.generate.backends.paste import PasteMaker
 
         maker = PasteMaker(sources, settings)
     cache = SourceCache(settings.resolution, settings.foreground, placement)

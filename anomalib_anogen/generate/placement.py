@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.support import IMAGE_SUFFIXES, is_ignored, sha256_file
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored
 
 TEMPLATE_NAME = "mask.png"  # the authors' file name inside each <defect> folder
 

@@ -13,7 +13,6 @@ Every pair is decoded once up front, so bad input fails before any training star
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import warnings
@@ -21,15 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored, load_mask_array, load_rgb
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-# Files that file managers drop into folders; they are not a user's mistake.
-IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
 MASK_SUFFIX = "_mask"
 MVTEC_GOOD = "good"
 DEFAULT_MVTEC_SHOTS = 3  # the paper's few-shot setting
@@ -78,25 +75,6 @@ class LoadedPair:
     def mask_fraction(self) -> float:
         """The fraction of the image that the mask marks as defect."""
         return float(self.mask.mean())
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed (support images are recorded by content, not by name)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def is_ignored(path: Path) -> bool:
-    """A hidden file or folder, or one an OS leaves behind (``Thumbs.db``...): never an image or a defect type."""
-    return path.name.startswith(".") or path.name in IGNORED_NAMES
 
 
 def _scan_pair_folder(folder: Path, defect: str, mask_folder: Path | None = None) -> list[SupportPair]:
@@ -193,49 +171,6 @@ def discover_support(
         selection_seed=seed if shots is not None else None,
         available=available,
     )
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        msg = f"{path}: not a readable image ({error})"
-        raise AnogenInputError(msg) from error
-    return image
-
-
-def _to_uint8_array(image: Image.Image) -> np.ndarray:
-    """8-bit array of any PIL mode; 16/32-bit integer images are scaled down, not clipped."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        return np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8)
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
-        return np.clip(np.round(array * scale), 0, 255).astype(np.uint8)
-    return np.asarray(image.convert("RGB"))
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """An image as 8-bit RGB: grayscale, 16-bit, palette and alpha images are converted, not refused."""
-    image = _open(path)
-    if image.mode == "RGB":
-        return image
-    array = _to_uint8_array(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return Image.fromarray(array, mode="RGB")
-
-
-def load_mask_array(path: Path) -> np.ndarray:
-    """A mask as bool H x W: 0/255 masks threshold at 128, 0/1 masks at 1, colour masks on any channel."""
-    array = _to_uint8_array(_open(path))
-    if array.ndim == 3:
-        array = array.max(axis=2)
-    if array.max(initial=0) == 1:
-        return array > 0
-    return array > 127
 
 
 def _warn(message: str, stacklevel: int = 3) -> None:

@@ -11,7 +11,7 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
 
 SEED_MAX = 2**32 - 1  # the seed range of Lightning's seed_everything and numpy's legacy seeding
 

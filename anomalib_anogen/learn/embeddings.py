@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.outputs import check_writable_folder
-from anomalib_anogen.generation.support import sha256_file
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import check_writable_folder, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomalib_anogen.generation.errors import AnogenInputError, BackboneNotFoundError
+from anomalib_anogen.core.errors import AnogenInputError, BackboneNotFoundError
 
 # The noise schedule of Stable Diffusion 1.x/2.x and of the LDM txt2img model.
 SD_SCHEDULE: dict[str, Any] = {

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ import shlex
 import shutil
 import socket
 import sys
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,42 +35,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from anomalib_anogen import __version__
+from anomalib_anogen.core.errors import AnogenInputError, BankWriteError
+from anomalib_anogen.core.files import (
+    TEMPORARY_MARK,
+    make_folder,
+    png_bytes,
+    remove_created,
+    sha256_bytes,
+    write_atomic,
+)
 from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, image_path, mask_path
-from anomalib_anogen.generation.errors import AnogenInputError, BankWriteError
-from anomalib_anogen.generation.support import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
 BANK_FORMAT = "anogen-bank/1"
 NORMAL_DIR = "normal"  # resized copies of normal images that are not at the output size
 BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, SUMMARY_NAME)  # deletion order for --overwrite
-TEMPORARY_MARK = ".tmp-"
 LOCK_NAME = "bank.lock"  # held by the run that writes the bank; never part of it
 WRITERS_MAX = 32  # --writers: threads that encode and write the bank's files (0 or 1: in the generating thread)
 PENDING_PER_WRITER = 2  # records handed to the writer threads and not yet recorded, per thread (bounds memory)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG encoding of a uint8 array (RGB or grey); deterministic, so equal pixels give equal files."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def settings_sha256(settings: dict[str, Any]) -> str:
@@ -145,39 +128,6 @@ def check_bank_output(output: Path, settings: dict[str, Any], resume: bool, over
         )
         raise AnogenInputError(msg)
     return "resume"
-
-
-def make_folder(folder: Path, what: str) -> list[Path]:
-    """Create ``folder`` (and its parents) or say why it cannot be; returns the folders created, deepest first.
-
-    ``what`` names the option (``--output``) in the message. The list is what :func:`remove_created` takes away
-    again when the run fails before writing anything.
-    """
-    created = []
-    for path in (folder, *folder.parents):
-        if path.exists():
-            break
-        created.append(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        remove_created(created)
-        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            msg = f"{folder}: cannot create the {what} folder: {blocker} is a file"
-            raise AnogenInputError(msg) from error
-        msg = f"{folder}: cannot create the {what} folder ({error.strerror or error}); choose a writable place"
-        raise AnogenInputError(msg) from error
-    return created
-
-
-def remove_created(created: list[Path]) -> None:
-    """Remove the folders that :func:`make_folder` created, deepest first, as long as they are empty."""
-    for path in created:
-        try:
-            path.rmdir()
-        except OSError:
-            return  # not empty (the run wrote something, or another run uses it): keep it and its parents
 
 
 class BankLock:

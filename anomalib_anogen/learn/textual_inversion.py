@@ -27,10 +27,11 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from torch import nn
 
-from anomalib_anogen.generation.backbones import Backbone
-from anomalib_anogen.generation.devices import check_precision, precision_of, training_fabric
-from anomalib_anogen.generation.errors import AnogenInputError
-from anomalib_anogen.generation.support import LoadedPair, sha256_bytes
+from anomalib_anogen.core.backbones import Backbone
+from anomalib_anogen.core.devices import check_precision, precision_of, training_fabric
+from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.files import sha256_bytes
+from anomalib_anogen.data.support import LoadedPair
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric

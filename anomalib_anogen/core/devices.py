@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from anomalib_anogen.generation.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenInputError
 
 if TYPE_CHECKING:  # torch is imported when a precision is resolved, not when an option is checked
     import torch
@@ -117,7 +117,7 @@ def check_devices(accelerator: str, devices: int | str, num_nodes: int) -> None:
     Several nodes need one process per node started by a launcher (``torchrun --nnodes N`` or SLURM's
     ``srun``, see docs/generate.md); started on its own, the run would wait for the other nodes forever.
     """
-    from anomalib_anogen.generation.checks import check_number
+    from anomalib_anogen.core.checks import check_number
 
     check_accelerator(accelerator)
     if devices != "auto":

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from anomalib_anogen.generation.boxes import Box, PlacedBox, box_mask, composite, derived_seed
-from anomalib_anogen.generation.support import LoadedPair
+from anomalib_anogen.data.support import LoadedPair
+from anomalib_anogen.generate.boxes import Box, PlacedBox, box_mask, composite, derived_seed
 
 if TYPE_CHECKING:
-    from anomalib_anogen.generation.inputs import DefectSources
-    from anomalib_anogen.generation.run import SourceCache, WorkItem
-    from anomalib_anogen.generation.settings import GenerateSettings
+    from anomalib_anogen.generate.inputs import DefectSources
+    from anomalib_anogen.generate.run import SourceCache, WorkItem
+    from anomalib_anogen.generate.settings import GenerateSettings
 
 BLENDS = ("feather", "poisson")
 SCALE_RANGE = (0.7, 1.0)  # the defect's size relative to the box, per side
