@@ -16,14 +16,13 @@ This module imports neither torch nor anomalib.
 """
 
 import itertools
-import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
+from anomalib_anogen.core.checks import UNIT_INTERVAL, Allowed, check_number
 from anomalib_anogen.core.errors import AnogenInputError
 
 
@@ -41,55 +40,16 @@ class ModelArgumentError(AnogenInputError):
         ModelArgumentError.last = self
 
 
-@dataclass(frozen=True)
-class Allowed:
-    """The values a numeric argument may take.
-
-    Attributes:
-        text: How the message words it ("a number in [0, 1)").
-        integer: Integers only (``bool`` is never a number here).
-        low, high: Bounds, ``None`` for none.
-        low_open, high_open: Whether the bound itself is excluded.
-    """
-
-    text: str
-    integer: bool = False
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, value: object) -> bool:
-        """Whether ``value`` is of the right kind and within the bounds."""
-        kinds = int if self.integer else int | float
-        if isinstance(value, bool) or not isinstance(value, kinds) or math.isnan(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-
-POSITIVE_INT = Allowed("a positive integer", integer=True, low=1)
-NON_NEGATIVE_INT = Allowed("a non-negative integer", integer=True, low=0)
-POSITIVE = Allowed("a positive number", low=0, low_open=True)
-NON_NEGATIVE = Allowed("a non-negative number", low=0)
-UNIT_INTERVAL = Allowed("a number in [0, 1]", low=0, high=1)
-UNIT_INTERVAL_OPEN_RIGHT = Allowed("a number in [0, 1)", low=0, high=1, high_open=True)
-
-
-def check_number(argument: str, value: object, allowed: Allowed, hint: str = "") -> int | float:
-    """Return ``value`` (an ``int`` for integer arguments, else a ``float``) or raise ``ModelArgumentError``.
+def check_argument(argument: str, value: object, allowed: Allowed, hint: str = "") -> int | float:
+    """:func:`~anomalib_anogen.core.checks.check_number` for a model's argument (raises :class:`ModelArgumentError`).
 
     Args:
-        argument: The argument's name, as the user writes it.
+        argument: The argument's name, as the user writes it in a config.
         value: What was given.
         allowed: Kind and range.
         hint: What the argument means or its usual value, appended to the message.
     """
-    if not allowed.admits(value):
-        message = f"{argument} must be {allowed.text}, got {value!r}."
-        raise ModelArgumentError(f"{message} {hint}" if hint else message)
-    return int(value) if allowed.integer else float(value)  # type: ignore[arg-type]
+    return check_number(argument, value, allowed, hint, error=ModelArgumentError)
 
 
 def check_blend(argument: str, value: object) -> float | tuple[float, float]:

@@ -74,7 +74,7 @@ def resolve_generator(spec: str | dict[str, Any], **options: Any) -> GeneratorSp
         except TypeError as error:
             msg = f"generator: init_args {sorted(init_args)} do not fit {cls.__name__}: {error}."
             raise ModelArgumentError(msg) from error
-        return GeneratorSpec(cls, init_args)
+        return _checked(GeneratorSpec(cls, init_args))
     if spec not in GENERATORS:
         msg = f"generator must be one of {sorted(GENERATORS)} or a class_path dict, got {spec!r}."
         raise ModelArgumentError(msg)
@@ -87,9 +87,20 @@ def resolve_generator(spec: str | dict[str, Any], **options: Any) -> GeneratorSp
             "(see docs/generate.md)."
         )
         raise ModelArgumentError(msg)
+    # Every generator setting a model has is checked, also those the chosen generator does not read (a
+    # bank_probability of -0.1 is wrong whatever the generator): the anogen generator's check covers them all.
+    AnoGenAnomalyGenerator.check_arguments(**options)
     cls = GENERATORS[spec]
     accepted = inspect.signature(cls).parameters
     return GeneratorSpec(cls, {name: value for name, value in options.items() if name in accepted})
+
+
+def _checked(spec: GeneratorSpec) -> GeneratorSpec:
+    """The spec, once its class has checked the numbers (this package's generators do, without reading files)."""
+    check = getattr(spec.cls, "check_arguments", None)
+    if check is not None:
+        check(**spec.kwargs)
+    return spec
 
 
 def build_generator(spec: str | dict[str, Any], **options: Any) -> nn.Module:

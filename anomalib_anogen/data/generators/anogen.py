@@ -25,7 +25,8 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anomalib_anogen.arguments import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL, check_number
+from anomalib_anogen.arguments import check_argument
+from anomalib_anogen.core.checks import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL
 from anomalib_anogen.data.bank import BankRecord, load_bank, unfinished_bank, unfinished_bank_error
 from anomalib_anogen.data.generators.perlin import PerlinGenerator
 from anomalib_anogen.data.generators.rotation import Rotation
@@ -107,11 +108,10 @@ class AnoGenAnomalyGenerator(nn.Module):
         allow_incomplete_bank: bool = False,
     ) -> None:
         super().__init__()
-        self.bank_probability = check_number("bank_probability", bank_probability, UNIT_INTERVAL)
-        self.clean_share = check_number("clean_share", clean_share, UNIT_INTERVAL)
+        self.check_arguments(bank_probability, clean_share, num_workers, prefetch)
+        self.bank_probability, self.clean_share = float(bank_probability), float(clean_share)
         self.rotation = Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
-        self.num_workers = check_number("num_workers", num_workers, NON_NEGATIVE_INT)
-        self.prefetch = check_number("prefetch", prefetch, POSITIVE_INT)
+        self.num_workers, self.prefetch = int(num_workers), int(prefetch)
         progress = unfinished_bank(bank_dir)
         if progress is not None and not allow_incomplete_bank:
             raise unfinished_bank_error(bank_dir, progress)
@@ -129,6 +129,28 @@ class AnoGenAnomalyGenerator(nn.Module):
         self._stream: Iterator | None = None
         self._stream_size: tuple[int, int] | None = None
         self._pending: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
+
+    @staticmethod
+    def check_arguments(
+        bank_probability: float = 0.5,
+        clean_share: float = 0.5,
+        num_workers: int = 2,
+        prefetch: int = 8,
+        rotation_probability: float = 0.3,
+        rotation_degrees: float = 90.0,
+        rotation_quarter_turns: bool = False,
+        rotation_fill: float = 0.0,
+        probability: float = 0.5,
+        blend_factor: float | tuple[float, float] | list[float] = (0.2, 1.0),
+        **_: object,
+    ) -> None:
+        """Check the numbers without reading the bank (a model checks its generator choice this way when built)."""
+        check_argument("bank_probability", bank_probability, UNIT_INTERVAL)
+        check_argument("clean_share", clean_share, UNIT_INTERVAL)
+        check_argument("num_workers", num_workers, NON_NEGATIVE_INT)
+        check_argument("prefetch", prefetch, POSITIVE_INT)
+        Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
+        PerlinGenerator.check_arguments(probability, blend_factor)
 
     def __getstate__(self) -> dict[str, Any]:
         """Worker iterators cannot be pickled or deep-copied; a copy starts its own."""

@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 
-from anomalib_anogen.arguments import UNIT_INTERVAL, check_blend, check_number
+from anomalib_anogen.arguments import check_argument, check_blend
+from anomalib_anogen.core.checks import UNIT_INTERVAL
 from anomalib_anogen.data.generators.rotation import Rotation
 from anomalib_anogen.data.synthetic import SyntheticBatch, resolve_dtd_dir
 
@@ -32,15 +33,31 @@ class PerlinGenerator(PerlinAnomalyGenerator):
         rotation_quarter_turns: bool = False,
         rotation_fill: float = 0.0,
     ) -> None:
-        # The models pass their anomaly_probability and beta here: the messages use those names.
-        probability = check_number("anomaly_probability", probability, UNIT_INTERVAL)
-        # Configs give ranges as lists; anomalib's generator samples only from a tuple.
-        blend = check_blend("beta", blend_factor)
+        probability, blend = self.check_arguments(probability, blend_factor)
         rotation = Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
         super().__init__(
             anomaly_source_path=resolve_dtd_dir(dtd_dir, "dtd_dir"), probability=probability, blend_factor=blend
         )
         self.rotation = rotation
+
+    @staticmethod
+    def check_arguments(
+        probability: float = 0.5,
+        blend_factor: float | tuple[float, float] | list[float] = (0.2, 1.0),
+        rotation_probability: float = 0.0,
+        rotation_degrees: float = 0.0,
+        rotation_quarter_turns: bool = False,
+        rotation_fill: float = 0.0,
+        **_: object,
+    ) -> tuple[float, float | tuple[float, float]]:
+        """Check the numbers without reading any file; returns the probability and the blend factor.
+
+        A model checks its generator choice this way when it is built. A blend range comes back as a tuple
+        (configs give lists; anomalib's generator samples only from a tuple). The messages use the models' names
+        (anomaly_probability, beta).
+        """
+        Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
+        return check_argument("anomaly_probability", probability, UNIT_INTERVAL), check_blend("beta", blend_factor)
 
     def generate(self, images: torch.Tensor) -> SyntheticBatch:
         """Perlin/DTD anomalies: exact masks, the (rotated) batch image is the reconstruction target."""

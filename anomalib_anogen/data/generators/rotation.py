@@ -15,7 +15,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from anomalib_anogen.arguments import NON_NEGATIVE, UNIT_INTERVAL, check_choice, check_number
+from anomalib_anogen.arguments import check_argument, check_choice
+from anomalib_anogen.core.checks import NON_NEGATIVE, UNIT_INTERVAL
 
 DESTSEG_FILL = 114 / 255  # DeSTSeg's fillcolor (114, 114, 114)
 DESTSEG_DEGREES = 5.0
@@ -53,9 +54,9 @@ class Rotation:
     fill: float = 0.0
 
     def __post_init__(self) -> None:
-        check_number("rotation_probability", self.probability, UNIT_INTERVAL)
-        check_number("rotation_degrees", self.degrees, NON_NEGATIVE)
-        check_number("rotation_fill", self.fill, UNIT_INTERVAL, "The grey of uncovered corners (DeSTSeg: 114/255).")
+        check_argument("rotation_probability", self.probability, UNIT_INTERVAL)
+        check_argument("rotation_degrees", self.degrees, NON_NEGATIVE)
+        check_argument("rotation_fill", self.fill, UNIT_INTERVAL, "The grey of uncovered corners (DeSTSeg: 114/255).")
 
     def options(self) -> dict[str, float | bool]:
         """As the generators' ``rotation_*`` arguments."""

@@ -15,7 +15,6 @@ from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from torch import nn
 
-from anomalib_anogen.arguments import UNIT_INTERVAL, check_blend, check_number
 from anomalib_anogen.data.generators import GeneratorSpec, resolve_generator
 from anomalib_anogen.metrics import anogen_evaluator
 
@@ -36,20 +35,19 @@ def checked_generator(
     bank_probability: float,
     exclude_defects: list[str] | None,
     allow_incomplete_bank: bool,
-    probability_hint: str = "",
     **fixed: Any,
 ) -> GeneratorSpec:
-    """A weak model's generator arguments, each checked under the name the user writes, resolved to a spec.
+    """A weak model's generator arguments resolved to a spec, checked by the generator class (no file is read).
 
     ``fixed`` are settings the model decides, not the user (DestsegWeak's ``clean_share``).
     """
     return resolve_generator(
         generator,
         dtd_dir=dtd_dir,
-        probability=check_number("anomaly_probability", anomaly_probability, UNIT_INTERVAL, probability_hint),
-        blend_factor=check_blend("beta", beta),
+        probability=anomaly_probability,
+        blend_factor=beta,
         bank_dir=bank_dir,
-        bank_probability=check_number("bank_probability", bank_probability, UNIT_INTERVAL),
+        bank_probability=bank_probability,
         exclude_defects=exclude_defects or [],
         allow_incomplete_bank=allow_incomplete_bank,
         **fixed,

@@ -10,7 +10,8 @@ from typing import Literal
 
 import torch
 
-from anomalib_anogen.arguments import UNIT_INTERVAL_OPEN_RIGHT, check_choice, check_number
+from anomalib_anogen.arguments import check_argument, check_choice
+from anomalib_anogen.core.checks import UNIT_INTERVAL_OPEN_RIGHT
 
 WeakScope = Literal["box", "all"]
 WEAK_SCOPES = {
@@ -25,7 +26,7 @@ def validate_p_cutoff(p_cutoff: float) -> float:
         "It is the anomaly probability below which in-box pixels of a box-masked sample get no segmentation "
         "loss; the paper uses 0.1."
     )
-    return check_number("p_cutoff", p_cutoff, UNIT_INTERVAL_OPEN_RIGHT, hint)
+    return check_argument("p_cutoff", p_cutoff, UNIT_INTERVAL_OPEN_RIGHT, hint)
 
 
 def validate_weak_scope(weak_scope: str) -> WeakScope:

@@ -26,16 +26,8 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-from anomalib_anogen.arguments import (
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    UNIT_INTERVAL,
-    ModelArgumentError,
-    check_blend,
-    check_choice,
-    check_number,
-)
+from anomalib_anogen.arguments import ModelArgumentError, check_argument, check_blend, check_choice
+from anomalib_anogen.core.checks import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, UNIT_INTERVAL
 from anomalib_anogen.data.generators import (
     ROTATION_RULES,
     destseg_rotation,
@@ -60,9 +52,9 @@ WEIGHT_DECAY = 1e-4
 
 def validate_schedule(steps: int, de_st_steps: int, top_k: int) -> None:
     """Check ``steps``, ``de_st_steps`` and ``T`` before any network is built."""
-    check_number("steps", steps, POSITIVE_INT, "DeSTSeg: 5000.")
-    check_number("de_st_steps", de_st_steps, NON_NEGATIVE_INT, "DeSTSeg: 1000.")
-    check_number("T", top_k, POSITIVE_INT, "DeSTSeg: 100.")
+    check_argument("steps", steps, POSITIVE_INT, "DeSTSeg: 5000.")
+    check_argument("de_st_steps", de_st_steps, NON_NEGATIVE_INT, "DeSTSeg: 1000.")
+    check_argument("T", top_k, POSITIVE_INT, "DeSTSeg: 100.")
     if de_st_steps >= steps:
         msg = (
             f"de_st_steps ({de_st_steps}) must be smaller than steps ({steps}): the student trains for de_st_steps "
@@ -76,9 +68,10 @@ PUBLISHED_RATES = {"student_lr": 0.4, "residual_lr": 0.1, "head_lr": 0.01}
 
 def validate_probability_and_rates(anomaly_probability: float, rates: dict[str, float]) -> dict[str, float]:
     """Check the anomaly share and the learning rates; return the rates as floats."""
-    check_number("anomaly_probability", anomaly_probability, UNIT_INTERVAL, "DeSTSeg: 1.0.")
+    check_argument("anomaly_probability", anomaly_probability, UNIT_INTERVAL, "DeSTSeg: 1.0.")
     return {
-        name: check_number(name, value, POSITIVE, f"DeSTSeg: {PUBLISHED_RATES[name]}.") for name, value in rates.items()
+        name: check_argument(name, value, POSITIVE, f"DeSTSeg: {PUBLISHED_RATES[name]}.")
+        for name, value in rates.items()
     }
 
 

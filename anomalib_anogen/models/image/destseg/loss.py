@@ -7,7 +7,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from anomalib_anogen.arguments import NON_NEGATIVE, check_number
+from anomalib_anogen.arguments import check_argument
+from anomalib_anogen.core.checks import NON_NEGATIVE
 
 __all__ = ["DestsegLoss", "downsample_mask"]
 
@@ -27,7 +28,7 @@ class DestsegLoss(nn.Module):
 
     def __init__(self, gamma: float = 4.0) -> None:
         super().__init__()
-        self.gamma = check_number("gamma", gamma, NON_NEGATIVE, "DeSTSeg: 4.")
+        self.gamma = check_argument("gamma", gamma, NON_NEGATIVE, "DeSTSeg: 4.")
 
     @staticmethod
     def cosine_distance(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:

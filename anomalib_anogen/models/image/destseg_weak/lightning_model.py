@@ -110,7 +110,6 @@ class DestsegWeak(Destseg):
             bank_probability=bank_probability,
             exclude_defects=exclude_defects,
             allow_incomplete_bank=allow_incomplete_bank,
-            probability_hint="DeSTSeg: 1.0.",
             clean_share=0.0,  # the authors' DeSTSeg-AnoGen: every bank draw is a generated anomaly
         )
         super().__init__(

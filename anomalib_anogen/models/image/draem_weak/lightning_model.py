@@ -21,7 +21,8 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_anogen.arguments import POSITIVE, ModelArgumentError, check_number
+from anomalib_anogen.arguments import ModelArgumentError, check_argument
+from anomalib_anogen.core.checks import POSITIVE
 from anomalib_anogen.data.generators import generate_batch
 from anomalib_anogen.data.synthetic import SyntheticBatch
 from anomalib_anogen.models.components import SyntheticAnomalyModel, WeakScope, checked_generator
@@ -94,7 +95,7 @@ class DraemWeak(SyntheticAnomalyModel, AnomalibModule):
     ) -> None:
         # Validate before the (large) networks are built, so bad input fails fast; files are read at fit start.
         weak_loss = DraemWeakLoss(p_cutoff=p_cutoff, weak_scope=weak_scope)
-        learning_rate = check_number("learning_rate", learning_rate, POSITIVE, "DRAEM uses 1e-4.")
+        learning_rate = check_argument("learning_rate", learning_rate, POSITIVE, "DRAEM uses 1e-4.")
         generator_spec = checked_generator(
             generator,
             dtd_dir=dtd_dir,

@@ -17,7 +17,8 @@ from anomalib.models.image.draem.torch_model import (
 )
 from torch import nn
 
-from anomalib_anogen.arguments import POSITIVE_INT, check_number
+from anomalib_anogen.arguments import check_argument
+from anomalib_anogen.core.checks import POSITIVE_INT
 
 DEFAULT_RECONSTRUCTIVE_WIDTH = 128
 DEFAULT_DISCRIMINATIVE_WIDTH = 64
@@ -44,9 +45,11 @@ class DraemWeakModel(DraemModel):
         discriminative_width: int = DEFAULT_DISCRIMINATIVE_WIDTH,
         score_pool: int = DEFAULT_SCORE_POOL,
     ) -> None:
-        reconstructive_width = check_number("reconstructive_width", reconstructive_width, POSITIVE_INT, "DRAEM: 128.")
-        discriminative_width = check_number("discriminative_width", discriminative_width, POSITIVE_INT, "DRAEM: 64.")
-        score_pool = check_number("score_pool", score_pool, POSITIVE_INT, "DRAEM: 21; 1 for the single-pixel maximum.")
+        reconstructive_width = check_argument("reconstructive_width", reconstructive_width, POSITIVE_INT, "DRAEM: 128.")
+        discriminative_width = check_argument("discriminative_width", discriminative_width, POSITIVE_INT, "DRAEM: 64.")
+        score_pool = check_argument(
+            "score_pool", score_pool, POSITIVE_INT, "DRAEM: 21; 1 for the single-pixel maximum."
+        )
         # Skip DraemModel.__init__ so the full-width networks are not built and thrown away.
         nn.Module.__init__(self)
         self.reconstructive_subnetwork = ReconstructiveSubNetwork(base_width=reconstructive_width)
