@@ -1,8 +1,9 @@
 """The ``anogen`` console script: AnoGen's generation pipeline, on jsonargparse like anomalib's own CLI.
 
-Every subcommand is a plain function whose signature and docstring define its options, so ``--help``,
-``--config file.yaml`` and ``--print_config`` come for free and a new stage (``generate``, ``show``) is one
-more entry in :data:`COMMANDS`. Bad input (:class:`AnogenInputError`) ends with one ``error:`` line on
+Every subcommand is a function that takes one options dataclass; the dataclass's fields and docstring define
+the command's options, so ``--help``, ``--config file.yaml`` and ``--print_config`` come for free (jsonargparse,
+as anomalib's CLI), the options are checked when the object is built, and a new command is one more entry in
+:data:`COMMANDS`. Bad input (:class:`AnogenInputError`) ends with one ``error:`` line on
 stderr and exit code 2, no traceback, and no half-written output.
 """
 
@@ -12,55 +13,73 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-# name -> (module, function, one-line help); modules are imported only when their command runs.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "learn": (
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: the function that runs it, the options dataclass it takes, and its one-line help."""
+
+    module: str
+    function: str
+    options: str  # "module:Class" of the options dataclass (its fields and docstring are the command's options)
+    help: str
+    positional: bool = False  # required options are positional (``anogen show BANK``)
+
+    def options_class(self) -> type:
+        """The options dataclass (imported on demand)."""
+        module, name = self.options.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def run(self, options: Any) -> Any:
+        """Run the command with a built options object (imports the command's module now)."""
+        return getattr(importlib.import_module(self.module), self.function)(options)
+
+
+COMMANDS: dict[str, Command] = {
+    "learn": Command(
         "anomalib_anogen.learn.command",
         "learn",
+        "anomalib_anogen.learn.options:LearnOptions",
         "Learn one anomaly embedding per defect type from a few real anomalies (masked textual inversion).",
     ),
-    "import-embedding": (
+    "import-embedding": Command(
         "anomalib_anogen.learn.command",
         "import_embedding",
+        "anomalib_anogen.learn.options:ImportEmbeddingOptions",
         "Convert the AnoGen authors' released embeddings.pt files into anogen's embedding format.",
     ),
-    "generate": (
+    "generate": Command(
         "anomalib_anogen.generate.command",
         "generate",
+        "anomalib_anogen.generate.options:GenerateOptions",
         "Generate anomalies into normal images at sampled boxes and write an anomaly bank.",
     ),
-    "show": (
+    "show": Command(
         "anomalib_anogen.generate.show",
         "show",
+        "anomalib_anogen.generate.show:ShowOptions",
         "Write a contact sheet of an anomaly bank (normal | generated with box | mask per defect type).",
+        positional=True,
     ),
 }
 
 
-# Commands whose required arguments are positional (``anogen show BANK``); the others take ``--name value``.
-POSITIONAL: frozenset[str] = frozenset({"show"})
-
-
-def _command(name: str) -> Callable[..., Any]:
-    module, function, _ = COMMANDS[name]
-    return getattr(importlib.import_module(module), function)
-
-
 def build_parser() -> ArgumentParser:
-    """The ``anogen`` parser with one subparser per command."""
+    """The ``anogen`` parser with one subparser per command, its options read from the command's dataclass."""
     parser = ArgumentParser(prog="anogen", description="AnoGen: few-shot anomaly generation for anomalib.")
     subcommands = parser.add_subcommands(dest="subcommand", required=True)
-    for name, (_, _, help_text) in COMMANDS.items():
-        sub = ArgumentParser(description=help_text)
+    for name, command in COMMANDS.items():
+        sub = ArgumentParser(description=command.help)
         sub.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below.")
-        sub.add_function_arguments(_command(name), as_group=False, as_positional=name in POSITIONAL)
-        subcommands.add_subcommand(name, sub, help=help_text)
+        sub.add_class_arguments(
+            command.options_class(), as_group=False, as_positional=command.positional, instantiate=False
+        )
+        subcommands.add_subcommand(name, sub, help=command.help)
     return parser
 
 
@@ -87,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output = _output_of(arguments)
     existed = output is not None and output.exists()
+    command = COMMANDS[name]
     try:
-        _command(name)(**arguments)
+        command.run(command.options_class()(**arguments))
     except AnogenInputError as error:
         if output is not None and not existed:
             _remove_if_empty(output)

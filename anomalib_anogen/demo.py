@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from anomalib_anogen.deploy.openvino import PRECISIONS
+from anomalib_anogen.generate.options import GenerateOptions
+from anomalib_anogen.generate.show import ShowOptions
+from anomalib_anogen.learn.options import LearnOptions
 
 DEFAULT_SHARED = Path("../shared/data")
 
@@ -134,33 +137,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/7] anogen learn: {args.learn_steps} steps per defect type from {support}")
     embeddings = output / "embeddings"
     learn(
-        support=str(support),
-        output=str(embeddings),
-        backbone=args.backbone,
-        shots=None if category == "bottle" else 3,
-        steps=args.learn_steps,
-        seed=args.seed,
-        overwrite=True,
+        LearnOptions(
+            support=str(support),
+            output=str(embeddings),
+            backbone=args.backbone,
+            shots=None if category == "bottle" else 3,
+            steps=args.learn_steps,
+            seed=args.seed,
+            overwrite=True,
+        )
     )
 
     print(f"[2/7] anogen generate: {args.bank_images} normal images x every defect type, {args.ddim_steps} DDIM steps")
     bank = output / "bank"
     generate(
-        normal=str(root / category / "train" / "good"),
-        output=str(bank),
-        embeddings=str(embeddings),
-        backbone=args.backbone,
-        priors=None if category == "bottle" else str(toy_priors(output)),
-        per_image=2,
-        samples_per_box=1,
-        steps=args.ddim_steps,
-        seed=args.seed,
-        max_images=args.bank_images,
-        overwrite=True,
+        GenerateOptions(
+            normal=str(root / category / "train" / "good"),
+            output=str(bank),
+            embeddings=str(embeddings),
+            backbone=args.backbone,
+            priors=None if category == "bottle" else str(toy_priors(output)),
+            per_image=2,
+            samples_per_box=1,
+            steps=args.ddim_steps,
+            seed=args.seed,
+            max_images=args.bank_images,
+            overwrite=True,
+        )
     )
 
     print("[3/7] anogen show: contact sheet of the bank")
-    sheet = show(bank=str(bank), output=str(output / "bank_sheet.png"), per_defect=3)
+    sheet = show(ShowOptions(bank=str(bank), output=str(output / "bank_sheet.png"), per_defect=3))
     print(f"  {sheet}")
 
     size = (args.image_size, args.image_size)

@@ -10,6 +10,8 @@ import json
 import platform
 from pathlib import Path
 
+from anomalib_anogen.generate.options import GenerateOptions
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 MVTEC = SHARED / "MVTecAD"  # anomalib MVTecAD layout
@@ -36,15 +38,17 @@ def make_paste_bank(output: Path, limit: int, per_image: int = 1, resume: bool =
     from anomalib_anogen.generate.command import generate
 
     return generate(
-        normal=str(NORMAL),
-        output=str(output),
-        backend="paste",
-        support=str(SUPPORT),
-        per_image=per_image,
-        samples_per_box=1,
-        max_images=limit,
-        resume=resume,
-        progress=False,
+        GenerateOptions(
+            normal=str(NORMAL),
+            output=str(output),
+            backend="paste",
+            support=str(SUPPORT),
+            per_image=per_image,
+            samples_per_box=1,
+            max_images=limit,
+            resume=resume,
+            progress=False,
+        )
     )
 
 

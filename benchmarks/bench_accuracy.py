@@ -78,6 +78,9 @@ from typing import Any
 
 from _common import CATEGORY, DTD, MVTEC, NORMAL, REPO, SUPPORT, make_paste_bank, parser, report
 
+from anomalib_anogen.generate.options import GenerateOptions
+from anomalib_anogen.learn.options import LearnOptions
+
 TRAIN_IMAGES = 209  # bottle/train/good
 
 # Evaluator metric name -> column name.
@@ -265,7 +268,7 @@ def diffusion_bank(args: Any, workdir: Path) -> tuple[Path | None, str]:
 
         embeddings = workdir / "tiny_embeddings"
         if not embeddings.is_dir():
-            learn(support=str(SUPPORT), output=str(embeddings), backbone="tiny", steps=2, progress=False)
+            learn(LearnOptions(support=str(SUPPORT), output=str(embeddings), backbone="tiny", steps=2, progress=False))
         backbone, max_images, steps = "tiny", 2, 2
     elif args.backbone and args.embeddings:
         if args.backbone == "tiny":
@@ -281,16 +284,18 @@ def diffusion_bank(args: Any, workdir: Path) -> tuple[Path | None, str]:
     if not ((bank / "bank.json").is_file() and json.loads((bank / "bank.json").read_text()).get("complete")):
         started = time.perf_counter()
         generate(
-            normal=str(NORMAL),
-            output=str(bank),
-            embeddings=str(embeddings),
-            backbone=backbone,
-            per_image=1 if args.smoke else 4,
-            samples_per_box=1 if args.smoke else 2,
-            steps=steps,
-            max_images=max_images,
-            resume=bank.exists(),
-            progress=False,
+            GenerateOptions(
+                normal=str(NORMAL),
+                output=str(bank),
+                embeddings=str(embeddings),
+                backbone=backbone,
+                per_image=1 if args.smoke else 4,
+                samples_per_box=1 if args.smoke else 2,
+                steps=steps,
+                max_images=max_images,
+                resume=bank.exists(),
+                progress=False,
+            )
         )
         print(f"diffusion bank ({backbone}): made in {time.perf_counter() - started:.0f} s")
     return bank, f"diffusion bank from {backbone}" + (" (SMOKE: random weights)" if args.smoke else "")

@@ -42,6 +42,8 @@ from typing import Any
 
 from _common import CATEGORY, NORMAL, SUPPORT, parser, report
 
+from anomalib_anogen.generate.options import GenerateOptions
+
 LOOP_MESSAGE = "rank %d: %d images in %.1f s (%.2f images/s)"  # generate's own log line at the end of its loop
 
 
@@ -85,15 +87,17 @@ def _child(normal: Path, output: Path, writers: int, args: Any, result: Path) ->
         root_handler.setLevel(logging.WARNING)
     started = time.perf_counter()
     generate(
-        normal=str(normal),
-        output=str(output),
-        backend="paste",
-        support=str(SUPPORT),
-        category=CATEGORY,  # the paper's bottle priors, also for the scratch folders (no category in their path)
-        per_image=args.per_image,
-        samples_per_box=args.samples_per_box,
-        writers=writers,
-        progress=False,
+        GenerateOptions(
+            normal=str(normal),
+            output=str(output),
+            backend="paste",
+            support=str(SUPPORT),
+            category=CATEGORY,  # the paper's bottle priors, also for the scratch folders (no category in their path)
+            per_image=args.per_image,
+            samples_per_box=args.samples_per_box,
+            writers=writers,
+            progress=False,
+        )
     )
     if handler.found is None:
         msg = "generate logged no end-of-loop line"

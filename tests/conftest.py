@@ -94,7 +94,7 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
+def toy_inputs(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
     """The toy category as ``anogen generate``'s inputs: normal folder, support set and box priors (read only)."""
     from .helpers.data import toy_inputs
 

@@ -129,8 +129,7 @@ def test_plan_devices_uses_at_most_the_gpus_there_are_and_the_work_there_is(
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_every_chunk_goes_to_exactly_one_rank(world: int) -> None:
-    from anomalib_anogen.generate.inputs import NormalImage
-    from anomalib_anogen.generate.run import chunks_for_rank, chunks_of, work_list
+    from anomalib_anogen.generate.work import NormalImage, chunks_for_rank, chunks_of, work_list
 
     normals = [NormalImage(i, Path(f"{i:03d}.png"), "0" * 64, (8, 8)) for i in range(5)]
     chunks = chunks_of(work_list(normals, ["crack", "stain"], 4, 2), 3)

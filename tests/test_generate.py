@@ -21,7 +21,8 @@ from anomalib_anogen.generate.bank_writer import LOCK_NAME
 from anomalib_anogen.generate.boxes import DEFAULT_PRIORS, BoxPrior, box_mask, load_priors, sample_box
 from anomalib_anogen.generate.command import generate
 from anomalib_anogen.generate.foreground import foreground_mask
-from anomalib_anogen.generate.show import TITLE, show
+from anomalib_anogen.generate.options import GenerateOptions
+from anomalib_anogen.generate.show import TITLE, ShowOptions, show
 
 from .helpers.data import BOTTLE, REPO, SHARED, all_files, needs_shared_bottle, needs_shared_support, toy_bottle
 
@@ -30,19 +31,19 @@ FAST = {"steps": 3, "per_image": 2, "batch_size": 4, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def toy_bottle_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A toy stand-in for MVTec AD bottle at 64 px: its normal images and support set (see :func:`toy_bottle`)."""
     return toy_bottle(tmp_path_factory.mktemp("toy_bottle"))
 
 
 @pytest.fixture(scope="module")
-def normal(toy: tuple[Path, Path]) -> Path:
-    return toy[0]
+def normal(toy_bottle_inputs: tuple[Path, Path]) -> Path:
+    return toy_bottle_inputs[0]
 
 
 @pytest.fixture(scope="module")
-def support(toy: tuple[Path, Path]) -> Path:
-    return toy[1]
+def support(toy_bottle_inputs: tuple[Path, Path]) -> Path:
+    return toy_bottle_inputs[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,9 @@ def diffusion_bank(tmp_path_factory: pytest.TempPathFactory, embeddings: Path, n
     """2 toy bottle images x 3 defects x 2 records with the tiny backbone at 64 px, composited onto the normal image."""
     output = tmp_path_factory.mktemp("banks") / "diffusion"
     generate(
-        normal=str(normal), embeddings=str(embeddings), output=str(output), max_images=2, keep_outside=True, **FAST
+        GenerateOptions(
+            normal=str(normal), embeddings=str(embeddings), output=str(output), max_images=2, keep_outside=True, **FAST
+        )
     )
     return output
 
@@ -73,7 +76,11 @@ def diffusion_bank(tmp_path_factory: pytest.TempPathFactory, embeddings: Path, n
 def paste_bank(tmp_path_factory: pytest.TempPathFactory, normal: Path, support: Path) -> Path:
     """3 toy bottle images x 3 defects x 2 records with the paste backend at the images' 64 px."""
     output = tmp_path_factory.mktemp("banks") / "paste"
-    generate(normal=str(normal), backend="paste", support=str(support), output=str(output), max_images=3, **FAST)
+    generate(
+        GenerateOptions(
+            normal=str(normal), backend="paste", support=str(support), output=str(output), max_images=3, **FAST
+        )
+    )
     return output
 
 
@@ -111,12 +118,14 @@ def test_outside_the_box_is_the_normal_image_exactly_and_inside_differs(which: s
 def test_by_default_the_whole_image_is_decoded_as_the_paper(tmp_path: Path, embeddings: Path, normal: Path) -> None:
     output = tmp_path / "raw"
     generate(
-        normal=str(normal),
-        embeddings=str(embeddings),
-        output=str(output),
-        max_images=1,
-        defects=["broken_large"],
-        **FAST,
+        GenerateOptions(
+            normal=str(normal),
+            embeddings=str(embeddings),
+            output=str(output),
+            max_images=1,
+            defects=["broken_large"],
+            **FAST,
+        )
     )
     assert json.loads((output / SUMMARY_NAME).read_text())["settings"]["keep_outside"] is False
     for record in manifest(output):
@@ -128,10 +137,10 @@ def test_by_default_the_whole_image_is_decoded_as_the_paper(tmp_path: Path, embe
 
 def test_poisson_paste_keeps_outside_exactly(tmp_path: Path, normal: Path, support: Path) -> None:
     output = tmp_path / "bank"
-    generate(
+    generate(GenerateOptions(
         normal=str(normal), backend="paste", blend="poisson", support=str(support), output=str(output),
         max_images=1, **FAST,
-    )  # fmt: skip
+    ))  # fmt: skip
     for record in manifest(output):
         image = pixels(output / "images" / record["defect"] / f"{record['id']}.png")
         mask = pixels(output / "masks" / record["defect"] / f"{record['id']}_mask.png", "L")
@@ -225,10 +234,16 @@ def test_same_seed_same_bank_other_seed_other_bank(
     tmp_path: Path, embeddings: Path, diffusion_bank: Path, normal: Path
 ) -> None:
     again = tmp_path / "again"
-    generate(normal=str(normal), embeddings=str(embeddings), output=str(again), max_images=2, keep_outside=True, **FAST)
+    generate(
+        GenerateOptions(
+            normal=str(normal), embeddings=str(embeddings), output=str(again), max_images=2, keep_outside=True, **FAST
+        )
+    )
     assert all_files(again) == all_files(diffusion_bank)
     other = tmp_path / "other"
-    generate(normal=str(normal), embeddings=str(embeddings), output=str(other), max_images=2, seed=1, **FAST)
+    generate(
+        GenerateOptions(normal=str(normal), embeddings=str(embeddings), output=str(other), max_images=2, seed=1, **FAST)
+    )
     assert (
         all_files(other)["images/broken_large/000_broken_large_00.png"]
         != all_files(diffusion_bank)["images/broken_large/000_broken_large_00.png"]
@@ -257,7 +272,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_bank(
 ) -> None:
     options = {"max_images": 4, "steps": 3, "per_image": 2, "batch_size": 2}
     whole = tmp_path / "whole"
-    generate(normal=str(normal), embeddings=str(embeddings), output=str(whole), progress=False, **options)
+    generate(
+        GenerateOptions(normal=str(normal), embeddings=str(embeddings), output=str(whole), progress=False, **options)
+    )
     killed = tmp_path / "killed"
     args = ["generate", "--normal", str(normal), "--embeddings", str(embeddings), "--output", str(killed)]
     args += ["--progress", "false", *(item for key, value in options.items() for item in (f"--{key}", str(value)))]
@@ -314,7 +331,7 @@ def test_anomalib_folder_datamodule_reads_images_with_masks(paste_bank: Path, no
 
 
 def test_contact_sheet_has_the_expected_size(paste_bank: Path, tmp_path: Path) -> None:
-    sheet = show(str(paste_bank), output=str(tmp_path / "sheet.png"), per_defect=2, cell=40)
+    sheet = show(ShowOptions(str(paste_bank), output=str(tmp_path / "sheet.png"), per_defect=2, cell=40))
     assert Image.open(sheet).size == (3 * 40, len(DEFECTS) * (TITLE + 2 * 40))
     assert cli_main(["show", str(paste_bank), "--output", str(tmp_path / "s.png"), "--per_defect", "9"]) == 0
     assert Image.open(tmp_path / "s.png").size == (3 * 128, len(DEFECTS) * (TITLE + 6 * 128))  # 6 per defect
@@ -401,7 +418,11 @@ def test_mixed_sizes_are_resized_and_recorded(tmp_path: Path, caplog, normal: Pa
     Image.open(normal / "000.png").save(folder / "a.png")
     Image.open(normal / "001.png").resize((50, 45)).save(folder / "b.png")
     output = tmp_path / "bank"
-    generate(normal=str(folder), backend="paste", support=str(support), output=str(output), category="bottle", **FAST)
+    generate(
+        GenerateOptions(
+            normal=str(folder), backend="paste", support=str(support), output=str(output), category="bottle", **FAST
+        )
+    )
     assert "1 of 2 normal images (50x45) are resized to 64x64 (1 not square: stretched" in caplog.text
     records = {r["source"]: r for r in manifest(output)}
     assert str((folder / "a.png").resolve()) in records and "normal/b.png" in records
@@ -433,15 +454,15 @@ def test_worker_ranks_neither_lock_nor_judge_the_bank(
     from anomalib_anogen.generate.bank_writer import BankLock
 
     reached = []
-    monkeypatch.setattr(module, "run", lambda *args: reached.append(args[6]))  # the mode handed to the run
+    monkeypatch.setattr(module, "run", lambda job, options: reached.append(job.mode))  # the mode handed to the run
     options = {"backend": "paste", "support": str(support), "output": str(paste_bank), "max_images": 3, **FAST}
     monkeypatch.setenv("LOCAL_RANK", "1")
     with BankLock(paste_bank):  # rank 0's
-        generate(normal=str(normal), **options)
+        generate(GenerateOptions(normal=str(normal), **options))
     assert reached == ["worker"] and not (paste_bank / LOCK_NAME).exists()
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(AnogenInputError, match="already holds a complete bank"):
-        generate(normal=str(normal), **options)
+        generate(GenerateOptions(normal=str(normal), **options))
 
 
 def test_output_with_another_bank_is_refused_unless_overwrite(

@@ -23,25 +23,24 @@ from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
 from anomalib_anogen.data.toy import DEFECT_TYPES
 from anomalib_anogen.generate.bank_writer import LOCK_NAME
 from anomalib_anogen.generate.command import generate
-from anomalib_anogen.generate.show import INCOMPLETE_COLOUR, TITLE, show
+from anomalib_anogen.generate.options import GenerateOptions
+from anomalib_anogen.generate.show import INCOMPLETE_COLOUR, TITLE, ShowOptions, show
 
 from .helpers.cli import error_line
 from .helpers.data import all_files, write_support
 
 
-def toy_args(toy: dict[str, str], output: Path, *extra: str) -> list[str]:
+def toy_args(toy_inputs: dict[str, str], output: Path, *extra: str) -> list[str]:
     """``anogen generate`` on 2 toy images x 3 defects x 1 record with the paste backend."""
-    args = ["generate", "--backend", "paste", "--support", toy["support"], "--normal", toy["normal"]]
-    args += ["--priors", toy["priors"], "--output", str(output), "--max_images", "2", "--per_image", "1"]
+    args = ["generate", "--backend", "paste", "--support", toy_inputs["support"], "--normal", toy_inputs["normal"]]
+    args += ["--priors", toy_inputs["priors"], "--output", str(output), "--max_images", "2", "--per_image", "1"]
     return [*args, "--progress", "false", *extra]
 
 
-def toy_bank(toy: dict[str, str], output: Path, **options: object) -> Path:
+def toy_bank(toy_inputs: dict[str, str], output: Path, **options: object) -> Path:
     settings = {"max_images": 2, "per_image": 2, "progress": False, **options}
-    return generate(
-        normal=toy["normal"], backend="paste", support=toy["support"], priors=toy["priors"], output=str(output),
-        **settings,
-    )  # fmt: skip
+    inputs = {"normal": toy_inputs["normal"], "support": toy_inputs["support"], "priors": toy_inputs["priors"]}
+    return generate(GenerateOptions(backend="paste", output=str(output), **inputs, **settings))
 
 
 def no_work(*args: object, **kwargs: object) -> None:
@@ -54,22 +53,24 @@ def no_work(*args: object, **kwargs: object) -> None:
 
 
 def test_output_under_a_file_is_refused_before_any_work(
-    toy: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    toy_inputs: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Root may write anywhere, so the output is made impossible: its parent is a file."""
     blocker = tmp_path / "notes.txt"
     blocker.write_text("x")
-    monkeypatch.setattr("anomalib_anogen.generate.command.list_normals", no_work)
-    line = error_line(toy_args(toy, blocker / "runs" / "bank"), capsys)
+    monkeypatch.setattr("anomalib_anogen.generate.inputs.list_normals", no_work)
+    line = error_line(toy_args(toy_inputs, blocker / "runs" / "bank"), capsys)
     assert f"{blocker / 'runs' / 'bank'}: cannot create the --output folder: {blocker} is a file" in line
     assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_an_input_error_after_the_lock_leaves_no_folder_behind(toy: dict[str, str], tmp_path: Path, capsys) -> None:
+def test_an_input_error_after_the_lock_leaves_no_folder_behind(
+    toy_inputs: dict[str, str], tmp_path: Path, capsys
+) -> None:
     output = tmp_path / "new" / "deeper" / "bank"
     bad = tmp_path / "priors.json"
     bad.write_text(json.dumps({"blob": [[0.1, 0.3], [0.1, 0.3], True]}))  # scratch and spot have no prior
-    args = toy_args(toy, output)
+    args = toy_args(toy_inputs, output)
     args[args.index("--priors") + 1] = str(bad)
     assert "scratch, spot have a support anomaly" in error_line(args, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["priors.json"]  # not even new/deeper
@@ -89,9 +90,9 @@ time.sleep(120)
 
 
 def test_a_live_writer_blocks_a_second_run_and_a_killed_ones_lock_is_taken_over(
-    toy: dict[str, str], tmp_path: Path, capsys, caplog
+    toy_inputs: dict[str, str], tmp_path: Path, capsys, caplog
 ) -> None:
-    output = toy_bank(toy, tmp_path / "bank")
+    output = toy_bank(toy_inputs, tmp_path / "bank")
     before = all_files(output)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(output)], stdout=subprocess.PIPE, text=True)
     try:
@@ -99,28 +100,28 @@ def test_a_live_writer_blocks_a_second_run_and_a_killed_ones_lock_is_taken_over(
         lock = output / LOCK_NAME
         assert json.loads(lock.read_text())["pid"] == holder.pid
         for extra in (["--seed", "1", "--overwrite", "true"], ["--resume", "true"]):
-            line = error_line(toy_args(toy, output, "--per_image", "2", *extra), capsys)
+            line = error_line(toy_args(toy_inputs, output, "--per_image", "2", *extra), capsys)
             assert f"another anogen generate is writing this bank (pid {holder.pid} on host" in line
             assert f"lock file {lock}" in line
         with pytest.raises(AnogenInputError, match=f"pid {holder.pid}"):
-            toy_bank(toy, output, resume=True)
+            toy_bank(toy_inputs, output, resume=True)
         assert all_files(output) == {**before, LOCK_NAME: lock.read_bytes()}  # the holder's lock, nothing else
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     assert json.loads((output / LOCK_NAME).read_text())["pid"] == holder.pid  # left behind by the killed process
     caplog.clear()
-    assert cli_main(toy_args(toy, output, "--per_image", "2", "--resume", "true")) == 0
+    assert cli_main(toy_args(toy_inputs, output, "--per_image", "2", "--resume", "true")) == 0
     assert f"taking over the lock left by pid {holder.pid}" in caplog.text
     assert all_files(output) == before  # resumed (complete: nothing to do) and the lock file is gone
 
 
 def test_a_lock_file_of_a_dead_process_does_not_block_resume_of_an_unfinished_bank(
-    toy: dict[str, str], tmp_path: Path, caplog
+    toy_inputs: dict[str, str], tmp_path: Path, caplog
 ) -> None:
     caplog.set_level(logging.INFO)
-    whole = toy_bank(toy, tmp_path / "whole")
-    partial = toy_bank(toy, tmp_path / "partial")
+    whole = toy_bank(toy_inputs, tmp_path / "whole")
+    partial = toy_bank(toy_inputs, tmp_path / "partial")
     lines = (partial / MANIFEST_NAME).read_bytes().splitlines(keepends=True)
     (partial / MANIFEST_NAME).write_bytes(b"".join(lines[:5]))
     summary = json.loads((partial / SUMMARY_NAME).read_text())
@@ -128,16 +129,18 @@ def test_a_lock_file_of_a_dead_process_does_not_block_resume_of_an_unfinished_ba
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     (partial / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": os.uname().nodename, "command": "anogen"}))
-    toy_bank(toy, partial, resume=True)
+    toy_bank(toy_inputs, partial, resume=True)
     assert f"taking over the lock left by pid {pid}" in caplog.text and "5 of 12 records already done" in caplog.text
     assert all_files(partial) == all_files(whole)
 
 
-def test_an_unlocked_run_leaves_no_lock_and_a_lock_only_folder_is_a_new_bank(toy: dict[str, str], tmp_path: Path):
+def test_an_unlocked_run_leaves_no_lock_and_a_lock_only_folder_is_a_new_bank(
+    toy_inputs: dict[str, str], tmp_path: Path
+):
     output = tmp_path / "bank"
     output.mkdir()
     (output / LOCK_NAME).write_text("")  # a run killed right after creating its lock file
-    toy_bank(toy, output)
+    toy_bank(toy_inputs, output)
     assert LOCK_NAME not in all_files(output) and len(load_bank(output)) == 12
 
 
@@ -167,11 +170,11 @@ OUT_OF_RANGE = [
 
 @pytest.mark.parametrize(("option", "value", "message"), OUT_OF_RANGE, ids=[f"{o}={v}" for o, v, _ in OUT_OF_RANGE])
 def test_generate_numbers_out_of_range_are_refused_before_anything(
-    option: str, value: str, message: str, toy: dict[str, str], tmp_path: Path, capsys, monkeypatch
+    option: str, value: str, message: str, toy_inputs: dict[str, str], tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    monkeypatch.setattr("anomalib_anogen.generate.command.list_normals", no_work)
+    monkeypatch.setattr("anomalib_anogen.generate.inputs.list_normals", no_work)
     output = tmp_path / "runs" / "bank"
-    line = error_line(toy_args(toy, output, f"--{option}", value), capsys)
+    line = error_line(toy_args(toy_inputs, output, f"--{option}", value), capsys)
     assert message in line and f"got {value}" in line.replace("'", ""), line
     assert not (tmp_path / "runs").exists()
 
@@ -186,16 +189,16 @@ def test_generate_numbers_out_of_range_are_refused_before_anything(
     ],
 )
 def test_show_numbers_out_of_range_are_refused(
-    extra: list[str], message: str, toy: dict[str, str], tmp_path: Path, capsys
+    extra: list[str], message: str, toy_inputs: dict[str, str], tmp_path: Path, capsys
 ) -> None:
-    bank = toy_bank(toy, tmp_path / "bank")
+    bank = toy_bank(toy_inputs, tmp_path / "bank")
     sheet = tmp_path / "sheet.png"
     assert message in error_line(["show", str(bank), "--output", str(sheet), *extra], capsys, "show")
     assert not sheet.exists()
 
 
-def test_show_into_a_path_under_a_file_is_refused(toy: dict[str, str], tmp_path: Path, capsys) -> None:
-    bank = toy_bank(toy, tmp_path / "bank")
+def test_show_into_a_path_under_a_file_is_refused(toy_inputs: dict[str, str], tmp_path: Path, capsys) -> None:
+    bank = toy_bank(toy_inputs, tmp_path / "bank")
     blocker = tmp_path / "notes.txt"
     blocker.write_text("x")
     line = error_line(["show", str(bank), "--output", str(blocker / "sheet.png")], capsys, "show")
@@ -206,15 +209,19 @@ def test_show_into_a_path_under_a_file_is_refused(toy: dict[str, str], tmp_path:
 # show on an unfinished bank
 
 
-def test_show_marks_an_unfinished_bank(toy: dict[str, str], tmp_path: Path, caplog) -> None:
-    bank = toy_bank(toy, tmp_path / "bank")
-    complete = np.asarray(Image.open(show(str(bank), output=str(tmp_path / "complete.png"), per_defect=1, cell=32)))
+def test_show_marks_an_unfinished_bank(toy_inputs: dict[str, str], tmp_path: Path, caplog) -> None:
+    bank = toy_bank(toy_inputs, tmp_path / "bank")
+    complete = np.asarray(
+        Image.open(show(ShowOptions(str(bank), output=str(tmp_path / "complete.png"), per_defect=1, cell=32)))
+    )
     assert "unfinished" not in caplog.text
     lines = (bank / MANIFEST_NAME).read_bytes().splitlines(keepends=True)
     (bank / MANIFEST_NAME).write_bytes(b"".join(lines[:5]))  # blob x2, scratch x2, spot x1
     summary = json.loads((bank / SUMMARY_NAME).read_text())
     (bank / SUMMARY_NAME).write_text(json.dumps({**summary, "complete": False}))
-    sheet = np.asarray(Image.open(show(str(bank), output=str(tmp_path / "partial.png"), per_defect=1, cell=32)))
+    sheet = np.asarray(
+        Image.open(show(ShowOptions(str(bank), output=str(tmp_path / "partial.png"), per_defect=1, cell=32)))
+    )
     assert "unfinished bank (bank.json says complete: false): 5 of 12 records" in caplog.text
     assert sheet.shape == (complete.shape[0] + TITLE, complete.shape[1], 3)
     assert tuple(sheet[0, -1]) == INCOMPLETE_COLOUR and tuple(complete[0, -1]) != INCOMPLETE_COLOUR
@@ -228,11 +235,11 @@ def test_show_marks_an_unfinished_bank(toy: dict[str, str], tmp_path: Path, capl
 # Mask-resize warning
 
 
-def test_masks_of_another_size_are_reported_once(toy: dict[str, str], tmp_path: Path, toy_root: Path) -> None:
+def test_masks_of_another_size_are_reported_once(toy_inputs: dict[str, str], tmp_path: Path, toy_root: Path) -> None:
     support = write_support(toy_root, tmp_path / "support", mask_side=24)
     count = sum(1 for _ in support.rglob("*_mask.png"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        toy_bank({**toy, "support": str(support)}, tmp_path / "bank", per_image=1)
+        toy_bank({**toy_inputs, "support": str(support)}, tmp_path / "bank", per_image=1)
     resized = [str(w.message) for w in caught if "resizing the mask" in str(w.message)]
     assert len(resized) == 1 and f"(and {count - 1} more of the {count} support masks)" in resized[0], resized

@@ -26,6 +26,7 @@ from anomalib_anogen.learn.embeddings import (
     load_embedding,
     load_released,
 )
+from anomalib_anogen.learn.options import ImportEmbeddingOptions, LearnOptions
 from anomalib_anogen.learn.textual_inversion import (
     TEMPLATES,
     LearnConfig,
@@ -76,7 +77,7 @@ def tiny():
 
 def _learn_fails(match: str, output: Path, **kwargs: object) -> None:
     with pytest.raises(AnogenInputError, match=match):
-        learn(output=str(output), **{**FAST, **kwargs})
+        learn(LearnOptions(output=str(output), **{**FAST, **kwargs}))
     assert not output.is_dir() or not any(output.iterdir()), "something was left in --output"
 
 
@@ -148,7 +149,7 @@ def test_only_the_placeholder_changes_every_weight_stays_bit_identical(tiny, sup
 
 def test_learn_writes_diffusers_textual_inversion_and_metadata(tmp_path: Path, support: Path) -> None:
     output = tmp_path / "embeddings"
-    written = learn(support=str(support), output=str(output), seed=3, **FAST)
+    written = learn(LearnOptions(support=str(support), output=str(output), seed=3, **FAST))
     assert [p.name for p in written] == ["crack", "stain"]
     assert sorted(p.name for p in output.iterdir()) == ["crack", "stain"]  # no temporary folder left
     meta = json.loads((output / "crack" / METADATA_FILE).read_text())
@@ -191,7 +192,7 @@ def test_mvtec_layout_records_the_images_used(tmp_path: Path) -> None:
     first = discover_support(root, shots=2, seed=5)
     assert first.layout == "mvtec" and first.defects == ["crack"]
     assert first.pairs == discover_support(root, shots=2, seed=5).pairs
-    learn(support=str(root), output=str(tmp_path / "out"), shots=2, seed=5, **FAST)
+    learn(LearnOptions(support=str(root), output=str(tmp_path / "out"), shots=2, seed=5, **FAST))
     meta = json.loads((tmp_path / "out" / "crack" / METADATA_FILE).read_text())["support"]
     assert meta["layout"] == "mvtec" and meta["shots"] == 2 and meta["selection_seed"] == 5
     assert meta["selected"] == [str(p.image.relative_to(root)) for p in first.pairs["crack"]]
@@ -219,7 +220,9 @@ def test_inpainting_and_ldm_backbones_train(tiny, support: Path) -> None:
 
 @needs_released_embeddings()
 def test_import_released_embedding(tmp_path: Path) -> None:
-    written = import_embedding(input=[str(RELEASED_EMBEDDINGS)], output=str(tmp_path / "out"), category="bottle")
+    written = import_embedding(
+        ImportEmbeddingOptions(input=[str(RELEASED_EMBEDDINGS)], output=str(tmp_path / "out"), category="bottle")
+    )
     assert sorted(p.name for p in written) == ["broken_large", "broken_small", "contamination"]
     embedding = load_embedding(tmp_path / "out" / "broken_large")
     assert embedding.token == "*" and embedding.vector.shape == (1, 1280)
@@ -227,10 +230,12 @@ def test_import_released_embedding(tmp_path: Path) -> None:
     assert (token, token_id) == ("*", 1008) and torch.equal(vector, embedding.vector)
     assert embedding.metadata["imported_from"]["sha256"] == sha256_file(RELEASED_EMBEDDINGS / "bottle_broken_large.pt")
     named = import_embedding(
-        input=[str(RELEASED_EMBEDDINGS / "bottle_contamination.pt")],
-        output=str(tmp_path / "named"),
-        token="<bottle-contamination>",
-        defect="contamination",
+        ImportEmbeddingOptions(
+            input=[str(RELEASED_EMBEDDINGS / "bottle_contamination.pt")],
+            output=str(tmp_path / "named"),
+            token="<bottle-contamination>",
+            defect="contamination",
+        )
     )
     assert load_embedding(named[0]).token == "<bottle-contamination>"
     assert load_embedding(named[0]).vector.shape == (1, 1280)
@@ -264,7 +269,7 @@ def test_import_refuses_anything_beyond_the_allow_list(tmp_path: Path) -> None:
     with pytest.raises(AnogenInputError, match=r"c\.pt: not a torch file \(it is a plain Python pickle"):
         load_released(tmp_path / "c.pt")
     with pytest.raises(AnogenInputError, match=r"a\.pt"):
-        import_embedding(input=[str(tmp_path / "a.pt")], output=str(tmp_path / "out"))
+        import_embedding(ImportEmbeddingOptions(input=[str(tmp_path / "a.pt")], output=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
     assert "weights_only" not in str(refused.value)
 
@@ -305,10 +310,12 @@ def test_import_refuses_non_finite_released_embeddings(tmp_path: Path) -> None:
     _released(tmp_path / "bottle_inf.pt", vector)
     _released(tmp_path / "bottle_ok.pt")
     with pytest.raises(AnogenInputError, match=r"bottle_inf\.pt: the embedding holds 1 NaN/Inf value\(s\) of 1280"):
-        import_embedding(input=str(tmp_path), output=str(tmp_path / "out"), category="bottle")
+        import_embedding(ImportEmbeddingOptions(input=str(tmp_path), output=str(tmp_path / "out"), category="bottle"))
     assert not (tmp_path / "out").exists(), "nothing is written when one input is refused"
     with pytest.raises(AnogenInputError, match=r"--defect '\.\./x' must be a folder name"):
-        import_embedding(input=str(tmp_path / "bottle_ok.pt"), output=str(tmp_path / "out"), defect="../x")
+        import_embedding(
+            ImportEmbeddingOptions(input=str(tmp_path / "bottle_ok.pt"), output=str(tmp_path / "out"), defect="../x")
+        )
 
 
 def test_load_refuses_a_changed_or_non_finite_embedding(tmp_path: Path) -> None:
@@ -384,11 +391,11 @@ def test_rerun_keeps_finished_defects_and_learns_the_rest(
     """A run killed after its first defect, rerun: the finished defect is kept as it is, the others learned."""
     _pair(support / "hole", "000")
     output = tmp_path / "out"
-    learn(support=str(support), output=str(output), defects=["crack"], **FAST)  # the state a kill leaves
+    learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))  # the state a kill leaves
     crack = output / "crack" / EMBEDDING_FILE
     first, first_inode = crack.read_bytes(), crack.stat().st_ino
     with caplog.at_level("INFO", logger="anomalib_anogen.learn.command"):
-        written = learn(support=str(support), output=str(output), **FAST)
+        written = learn(LearnOptions(support=str(support), output=str(output), **FAST))
     assert [p.name for p in written] == ["hole", "stain"]
     assert crack.read_bytes() == first and crack.stat().st_ino == first_inode
     assert sorted(p.name for p in output.iterdir()) == ["crack", "hole", "stain"]
@@ -397,34 +404,34 @@ def test_rerun_keeps_finished_defects_and_learns_the_rest(
 
     caplog.clear()
     with caplog.at_level("INFO", logger="anomalib_anogen.learn.command"):
-        assert learn(support=str(support), output=str(output), **FAST) == []
+        assert learn(LearnOptions(support=str(support), output=str(output), **FAST)) == []
     assert "every defect is already learned" in caplog.text
 
     # Other settings, other support content, other backbone weights: refused, naming what differs.
     with pytest.raises(AnogenInputError, match=r"crack: learned with other settings.*seed 0, now 1.*--overwrite"):
-        learn(support=str(support), output=str(output), **{**FAST, "seed": 1})
+        learn(LearnOptions(support=str(support), output=str(output), **{**FAST, "seed": 1}))
     with pytest.raises(AnogenInputError, match=r"steps 3, now 4"):
-        learn(support=str(support), output=str(output), **{**FAST, "steps": 4})
+        learn(LearnOptions(support=str(support), output=str(output), **{**FAST, "steps": 4}))
     stain_meta = output / "stain" / METADATA_FILE
     original = stain_meta.read_text()
     meta = json.loads(original)
     meta["backbone"]["weights_sha256"] = "0" * 64
     stain_meta.write_text(json.dumps(meta))
     with pytest.raises(AnogenInputError, match=r"stain: learned with other settings.*backbone weights"):
-        learn(support=str(support), output=str(output), **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), **FAST))
     stain_meta.write_text(original)
     _pair(support / "hole", "001")  # a support image added since
     with pytest.raises(AnogenInputError, match=r"hole: learned with other settings .*support files: added hole/001"):
-        learn(support=str(support), output=str(output), **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), **FAST))
     (support / "hole" / "001.png").unlink()
     (support / "hole" / "001_mask.png").unlink()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(support / "hole" / "000.png")  # the same name, edited
     with pytest.raises(AnogenInputError, match=r"support files: changed hole/000\.png"):
-        learn(support=str(support), output=str(output), **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), **FAST))
     assert {d: (output / d / EMBEDDING_FILE).stat().st_ino for d in inodes} == inodes, "a refused run changed files"
 
     # --overwrite relearns every defect.
-    written = learn(support=str(support), output=str(output), overwrite=True, seed=1, **FAST)
+    written = learn(LearnOptions(support=str(support), output=str(output), overwrite=True, seed=1, **FAST))
     assert [p.name for p in written] == ["crack", "hole", "stain"]
     assert all((output / d / EMBEDDING_FILE).stat().st_ino != inodes[d] for d in inodes)
     assert crack.read_bytes() != first
@@ -444,11 +451,13 @@ def test_rerun_refuses_embeddings_learned_with_other_prompt_templates(
     tmp_path: Path, support: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output = tmp_path / "out"
-    learn(support=str(support), output=str(output), defects=["crack"], **FAST)
+    learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))
     meta_file = output / "crack" / METADATA_FILE
     recorded = json.loads(meta_file.read_text())["prompt_templates"]
     assert (recorded["count"], recorded["distinct"], recorded["sha256"]) == (81, 57, templates_sha256())
-    assert learn(support=str(support), output=str(output), defects=["crack"], **FAST) == []  # the same: kept
+    assert (
+        learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST)) == []
+    )  # the same: kept
 
     with monkeypatch.context() as patch:  # the original textual-inversion code's 27
         patch.setattr(textual_inversion, "TEMPLATES", TEMPLATES[:27])
@@ -457,31 +466,31 @@ def test_rerun_refuses_embeddings_learned_with_other_prompt_templates(
             match=r"crack: learned with other settings than this run \(prompt templates \(learned with 81 templates, "
             r"sha256 9492b607526e\.\.\.; now 27 templates, sha256 [0-9a-f]{12}\.\.\.\)\).*--overwrite",
         ):
-            learn(support=str(support), output=str(output), defects=["crack"], **FAST)
+            learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))
 
     meta = json.loads(meta_file.read_text())
     del meta["prompt_templates"]  # an embedding learned before the templates were recorded (with the first 27)
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(AnogenInputError, match=r"prompt templates \(learned with an anogen that did not record"):
-        learn(support=str(support), output=str(output), defects=["crack"], **FAST)
-    written = learn(support=str(support), output=str(output), defects=["crack"], overwrite=True, **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))
+    written = learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], overwrite=True, **FAST))
     assert json.loads((written[0] / METADATA_FILE).read_text())["prompt_templates"]["sha256"] == templates_sha256()
 
 
 def test_rerun_refuses_a_damaged_or_foreign_finished_embedding(tmp_path: Path, support: Path) -> None:
     output = tmp_path / "out"
-    learn(support=str(support), output=str(output), defects=["crack"], **FAST)
+    learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))
     file = output / "crack" / EMBEDDING_FILE
     file.write_bytes(file.read_bytes()[:-1] + b"x")
     with pytest.raises(AnogenInputError, match=r"crack/learned_embeds\.safetensors: sha256 [0-9a-f]{64} differs"):
-        learn(support=str(support), output=str(output), **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), **FAST))
     (output / "crack" / METADATA_FILE).unlink()
     with pytest.raises(AnogenInputError, match=r"crack: holds an embedding that anogen learn did not write"):
-        learn(support=str(support), output=str(output), **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), **FAST))
     (output / "crack").rename(output / "moved")
     (output / "crack").mkdir()
     with pytest.raises(AnogenInputError, match=r"crack: exists and is not an anogen embedding"):
-        learn(support=str(support), output=str(output), **FAST)
+        learn(LearnOptions(support=str(support), output=str(output), **FAST))
     assert sorted(p.name for p in output.iterdir()) == ["crack", "moved"]
 
 
@@ -489,7 +498,7 @@ def test_mask_of_another_size_is_resized_with_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "support"
     _pair(root / "crack", "000", size=64, mask_size=32)
     with pytest.warns(UserWarning, match=r"000_mask\.png: mask is 32x32 but its image is 64x64"):
-        learn(support=str(root), output=str(tmp_path / "out"), **FAST)
+        learn(LearnOptions(support=str(root), output=str(tmp_path / "out"), **FAST))
     meta = json.loads((tmp_path / "out" / "crack" / METADATA_FILE).read_text())
     assert meta["support"]["files"][0]["mask_resized"] is True
 
@@ -499,7 +508,7 @@ def test_whole_image_mask_is_learned_with_a_warning(tmp_path: Path) -> None:
     _pair(root / "crack", "000")
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(root / "crack" / "000_mask.png")
     with pytest.warns(UserWarning, match=r"000_mask\.png: mask covers 100\.0% of the image.*inverted"):
-        learn(support=str(root), output=str(tmp_path / "out"), **FAST)
+        learn(LearnOptions(support=str(root), output=str(tmp_path / "out"), **FAST))
     meta = json.loads((tmp_path / "out" / "crack" / METADATA_FILE).read_text())
     assert meta["support"]["files"][0]["mask_fraction"] == 1.0
 
@@ -534,7 +543,9 @@ def test_unwritable_output_is_refused_before_training(
     _learn_fails(r"afile: --output exists and is not a folder", tmp_path / "afile", support=str(support))
     assert (tmp_path / "afile").read_text() == "x"
     with pytest.raises(AnogenInputError, match=r"afile is a file"):
-        import_embedding(input=str(_released(tmp_path / "r.pt")), output=str(tmp_path / "afile" / "out"))
+        import_embedding(
+            ImportEmbeddingOptions(input=str(_released(tmp_path / "r.pt")), output=str(tmp_path / "afile" / "out"))
+        )
     # A folder that refuses writes even to root: sysfs (Linux) is read-only for everyone.
     if Path("/sys").is_dir() and _write_probe_fails(Path("/sys")):
         _learn_fails(
@@ -598,7 +609,7 @@ def test_options_out_of_range_are_refused_with_the_range(
 ) -> None:
     _training_must_not_start(monkeypatch)
     with pytest.raises(AnogenInputError, match=f"--{option} ") as refused:
-        learn(support=str(support), output=str(tmp_path / "out"), **{**FAST, option: value})
+        learn(LearnOptions(support=str(support), output=str(tmp_path / "out"), **{**FAST, option: value}))
     assert allowed in str(refused.value) and f"got {value!r})".replace("'", "") in str(refused.value).replace("'", "")
     assert not (tmp_path / "out").exists()
 
@@ -612,7 +623,7 @@ def test_grayscale_and_16_bit_images_are_converted(tmp_path: Path, mode: str) ->
     expected = np.asarray(Image.open(root / "crack" / "000.png"), dtype=np.float64)
     expected = np.round(expected / 257) if mode == "I;16" else expected
     assert np.array_equal(np.asarray(loaded.image)[:, :, 1], expected.astype(np.uint8))
-    learn(support=str(root), output=str(tmp_path / "out"), **FAST)
+    learn(LearnOptions(support=str(root), output=str(tmp_path / "out"), **FAST))
     assert (tmp_path / "out" / "crack" / EMBEDDING_FILE).is_file()
 
 
@@ -702,7 +713,7 @@ def test_cli_refuses_unwritable_output_and_bad_numbers_in_one_line(tmp_path: Pat
     result = run_cli(["anogen", "learn", *args, "--output", str(tmp_path / "afile" / "out")], tmp_path)
     _assert_one_error_line(result, "afile/out: --output cannot be created", "is a file, not a folder")
     result = run_cli(["anogen", "learn", *args, "--output", str(tmp_path / "out"), "--threads", "0"], tmp_path)
-    _assert_one_error_line(result, "--threads must lie in [1, ", "(got 0)")
+    _assert_one_error_line(result, "--threads must be an integer in [1, ", "got 0)")
     assert not (tmp_path / "out").exists()
 
 

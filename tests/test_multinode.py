@@ -47,16 +47,16 @@ def on_two_nodes(args: list[str], cwd: Path) -> None:
     assert "rank 1" in logs[1] or "GLOBAL_RANK: 1" in logs[1], logs[1][-2000:]
 
 
-def test_two_nodes_make_the_single_process_bank(toy: dict[str, str], tmp_path: Path) -> None:
-    args = ["generate", "--backend", "paste", "--support", toy["support"], "--normal", toy["normal"]]
-    args += ["--priors", toy["priors"], "--max_images", "3", "--per_image", "2", "--progress", "false"]
+def test_two_nodes_make_the_single_process_bank(toy_inputs: dict[str, str], tmp_path: Path) -> None:
+    args = ["generate", "--backend", "paste", "--support", toy_inputs["support"], "--normal", toy_inputs["normal"]]
+    args += ["--priors", toy_inputs["priors"], "--max_images", "3", "--per_image", "2", "--progress", "false"]
     assert cli_main([*args, "--output", str(tmp_path / "one")]) == 0
     on_two_nodes([*args, "--output", str(tmp_path / "two")], tmp_path)
     assert all_files(tmp_path / "two") == all_files(tmp_path / "one")
 
 
-def test_two_nodes_learn_the_single_process_embeddings(toy: dict[str, str], tmp_path: Path) -> None:
-    args = ["learn", "--support", toy["support"], "--backbone", "tiny", "--steps", "3", "--resolution", "32"]
+def test_two_nodes_learn_the_single_process_embeddings(toy_inputs: dict[str, str], tmp_path: Path) -> None:
+    args = ["learn", "--support", toy_inputs["support"], "--backbone", "tiny", "--steps", "3", "--resolution", "32"]
     args += ["--progress", "false"]
     assert cli_main([*args, "--output", str(tmp_path / "one")]) == 0
     on_two_nodes([*args, "--output", str(tmp_path / "two")], tmp_path)
@@ -69,14 +69,14 @@ def test_two_nodes_learn_the_single_process_embeddings(toy: dict[str, str], tmp_
 
 @pytest.mark.parametrize("command", ["generate", "learn"])
 def test_several_nodes_without_a_launcher_fail_at_once(
-    command: str, toy: dict[str, str], tmp_path: Path, capsys
+    command: str, toy_inputs: dict[str, str], tmp_path: Path, capsys
 ) -> None:
     """Started on its own, the run would wait for a second node forever; it ends with the fix instead."""
     output = tmp_path / "out"
     if command == "generate":
-        args = ["generate", "--backend", "paste", "--support", toy["support"], "--normal", toy["normal"]]
+        args = ["generate", "--backend", "paste", "--support", toy_inputs["support"], "--normal", toy_inputs["normal"]]
     else:
-        args = ["learn", "--support", toy["support"], "--backbone", "tiny"]
+        args = ["learn", "--support", toy_inputs["support"], "--backbone", "tiny"]
     line = error_line([*args, "--output", str(output), "--num_nodes", "2"], capsys, command)
     assert "--num_nodes 2: start the command on every node with a launcher (torchrun --nnodes 2" in line
     assert not output.exists()

@@ -20,7 +20,9 @@ from anomalib_anogen.data.toy import DEFECT_TYPES
 from anomalib_anogen.generate import show as show_module
 from anomalib_anogen.generate.boxes import AUTO_MARGIN, derive_prior
 from anomalib_anogen.generate.command import generate
+from anomalib_anogen.generate.options import GenerateOptions
 from anomalib_anogen.generate.placement import read_template
+from anomalib_anogen.generate.show import ShowOptions
 
 from .helpers.cli import error_line
 from .helpers.data import (
@@ -38,16 +40,24 @@ SIZE = 48  # the toy images' side
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
+def widget_inputs(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> dict[str, str]:
     """The toy category as generate's inputs, under a path that names no MVTec category."""
     folder = tmp_path_factory.mktemp("widget_inputs")
     support = write_support(toy_root, folder / "support")
     return {"normal": str(toy_root / CATEGORY / "train" / "good"), "support": str(support)}
 
 
-def paste_bank(toy: dict[str, str], output: Path, **options: object) -> Path:
+def paste_bank(widget_inputs: dict[str, str], output: Path, **options: object) -> Path:
     settings = {"max_images": 3, "per_image": 2, "progress": False, **options}
-    return generate(normal=toy["normal"], backend="paste", support=toy["support"], output=str(output), **settings)
+    return generate(
+        GenerateOptions(
+            normal=widget_inputs["normal"],
+            backend="paste",
+            support=widget_inputs["support"],
+            output=str(output),
+            **settings,
+        )
+    )
 
 
 def manifest(bank: Path) -> list[dict]:
@@ -83,12 +93,12 @@ def resized(mask: np.ndarray, side: int) -> np.ndarray:
 # Placement: templates per defect, one ROI, the rule, the records
 
 
-def test_per_defect_templates_of_another_size_place_every_box(toy: dict[str, str], tmp_path: Path) -> None:
+def test_per_defect_templates_of_another_size_place_every_box(widget_inputs: dict[str, str], tmp_path: Path) -> None:
     templates = tmp_path / "templates"
     sides = {"blob": True, "scratch": False, "spot": True}  # blob and spot on the left half, scratch on the right
     for defect, left in sides.items():  # 3x the image side and RGBA, as the authors' files: resized, alpha ignored
         save_mask(templates / defect / "mask.png", half(3 * SIZE, left), "RGBA")
-    bank = paste_bank(toy, tmp_path / "bank", placement=str(templates), placement_foreground=False)
+    bank = paste_bank(widget_inputs, tmp_path / "bank", placement=str(templates), placement_foreground=False)
     placement = settings_of(bank)["placement"]
     assert placement["kind"] == "templates" and placement["foreground"] is False
     assert set(placement["templates"]) == set(DEFECT_TYPES)
@@ -100,9 +110,9 @@ def test_per_defect_templates_of_another_size_place_every_box(toy: dict[str, str
         assert record["placement"] == placement["templates"][record["defect"]]["file"]
 
 
-def test_one_roi_for_every_defect_and_the_foreground_too(toy: dict[str, str], tmp_path: Path) -> None:
+def test_one_roi_for_every_defect_and_the_foreground_too(widget_inputs: dict[str, str], tmp_path: Path) -> None:
     roi = save_mask(tmp_path / "roi.png", half(100))
-    bank = paste_bank(toy, tmp_path / "bank", placement=str(roi))
+    bank = paste_bank(widget_inputs, tmp_path / "bank", placement=str(roi))
     placement = settings_of(bank)["placement"]
     assert placement["kind"] == "roi" and placement["foreground"] is True
     from anomalib_anogen.generate.foreground import foreground_mask
@@ -118,17 +128,27 @@ def test_one_roi_for_every_defect_and_the_foreground_too(toy: dict[str, str], tm
         assert abs(foreground_mask(image, rule)[inside].mean() - record["foreground_fraction"]) < 1e-3
 
 
-def test_a_bank_without_placement_or_auto_priors_keeps_its_old_settings(toy: dict[str, str], tmp_path: Path) -> None:
+def test_a_bank_without_placement_or_auto_priors_keeps_its_old_settings(
+    widget_inputs: dict[str, str], tmp_path: Path
+) -> None:
     """No new keys in bank.json or the records: banks made before these options stay resumable."""
     priors = tmp_path / "priors.json"
     priors.write_text(json.dumps({d: [[0.1, 0.3], [0.1, 0.3], True] for d in DEFECT_TYPES}))
-    bank = paste_bank(toy, tmp_path / "bank", priors=str(priors))
+    bank = paste_bank(widget_inputs, tmp_path / "bank", priors=str(priors))
     assert not {"placement", "priors_auto"} & set(settings_of(bank))
     assert not {"placement", "placement_fraction"} & set(manifest(bank)[0])
 
 
-def bad_placement(toy: dict[str, str], output: Path, placement: Path, capsys, *extra: str) -> str:
-    args = ["generate", "--backend", "paste", "--support", toy["support"], "--normal", toy["normal"]]
+def bad_placement(widget_inputs: dict[str, str], output: Path, placement: Path, capsys, *extra: str) -> str:
+    args = [
+        "generate",
+        "--backend",
+        "paste",
+        "--support",
+        widget_inputs["support"],
+        "--normal",
+        widget_inputs["normal"],
+    ]
     args += ["--output", str(output), "--max_images", "1", "--progress", "false", "--placement", str(placement)]
     line = error_line([*args, *extra], capsys)
     assert not output.exists(), "nothing may be written"
@@ -136,7 +156,7 @@ def bad_placement(toy: dict[str, str], output: Path, placement: Path, capsys, *e
 
 
 def test_bad_templates_are_refused_before_any_work(
-    toy: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    widget_inputs: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from anomalib_anogen.generate import command as generate_module
 
@@ -149,22 +169,32 @@ def test_bad_templates_are_refused_before_any_work(
         return tmp_path / name
 
     lacking = folder("lacking", {d: m for d, m in good.items() if d != "spot"})
-    assert "no placement template for defect type(s) spot" in bad_placement(toy, tmp_path / "o1", lacking, capsys)
+    assert "no placement template for defect type(s) spot" in bad_placement(
+        widget_inputs, tmp_path / "o1", lacking, capsys
+    )
     unknown = folder("unknown", {**good, "dent": half(SIZE)})
-    line = bad_placement(toy, tmp_path / "o2", unknown, capsys)
+    line = bad_placement(widget_inputs, tmp_path / "o2", unknown, capsys)
     assert "unknown defect type 'dent'" in line and str(unknown / "dent") in line
     black = folder("black", {**good, "scratch": np.zeros((SIZE, SIZE), bool)})
-    line = bad_placement(toy, tmp_path / "o3", black, capsys)
+    line = bad_placement(widget_inputs, tmp_path / "o3", black, capsys)
     assert "empty (all black)" in line and str(black / "scratch" / "mask.png") in line
     broken = folder("broken", good)
     (broken / "blob" / "mask.png").write_bytes(b"not a png")
-    line = bad_placement(toy, tmp_path / "o4", broken, capsys)
+    line = bad_placement(widget_inputs, tmp_path / "o4", broken, capsys)
     assert "unreadable placement template" in line and str(broken / "blob" / "mask.png") in line
-    assert "--placement not found" in bad_placement(toy, tmp_path / "o5", tmp_path / "nowhere", capsys)
+    assert "--placement not found" in bad_placement(widget_inputs, tmp_path / "o5", tmp_path / "nowhere", capsys)
     roi = save_mask(tmp_path / "black.png", np.zeros((8, 8), bool))
-    assert "empty (all black)" in bad_placement(toy, tmp_path / "o6", roi, capsys)
+    assert "empty (all black)" in bad_placement(widget_inputs, tmp_path / "o6", roi, capsys)
     capsys.readouterr()
-    args = ["generate", "--backend", "paste", "--support", toy["support"], "--normal", toy["normal"]]
+    args = [
+        "generate",
+        "--backend",
+        "paste",
+        "--support",
+        widget_inputs["support"],
+        "--normal",
+        widget_inputs["normal"],
+    ]
     assert cli_main([*args, "--output", str(tmp_path / "o7"), "--placement_foreground", "false"]) == 2
     assert "applies only with --placement" in capsys.readouterr().err
 
@@ -174,10 +204,10 @@ def test_bad_templates_are_refused_before_any_work(
 def test_authors_templates_put_breaks_on_the_rim_and_contamination_inside(tmp_path: Path) -> None:
     if not (TEMPLATES / "bottle").is_dir():
         pytest.skip(f"the authors' templates are not at {TEMPLATES}")
-    bank = generate(
+    bank = generate(GenerateOptions(
         normal=str(BOTTLE / "train" / "good"), backend="paste", support=str(SUPPORT_BOTTLE), output=str(tmp_path / "b"),
         placement=str(TEMPLATES), max_images=12, progress=False,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert settings_of(bank)["placement"]["path"] == str((TEMPLATES / "bottle").resolve())
     templates = {
         d: resized(read_template(TEMPLATES / "bottle" / d / "mask.png"), 256) for d in ("broken_large", "contamination")
@@ -192,13 +222,15 @@ def test_authors_templates_put_breaks_on_the_rim_and_contamination_inside(tmp_pa
         assert templates[record["defect"]][inside].mean() >= 0.75, record
         checked[record["defect"]] += 1
     assert min(checked.values()) >= 40, checked  # 12 images x 4 records, nearly all without a fallback
-    sheet = Path(show_module.show(str(bank), output=str(tmp_path / "sheet.png"), per_defect=1, cell=64))
+    sheet = Path(show_module.show(ShowOptions(str(bank), output=str(tmp_path / "sheet.png"), per_defect=1, cell=64)))
     drawn = np.asarray(Image.open(sheet))
     original = show_module._regions
     try:
         show_module._regions = lambda *_: {}
         plain = np.asarray(
-            Image.open(show_module.show(str(bank), output=str(tmp_path / "plain.png"), per_defect=1, cell=64))
+            Image.open(
+                show_module.show(ShowOptions(str(bank), output=str(tmp_path / "plain.png"), per_defect=1, cell=64))
+            )
         )
     finally:
         show_module._regions = original
@@ -210,10 +242,12 @@ def test_authors_templates_put_breaks_on_the_rim_and_contamination_inside(tmp_pa
 # --priors auto
 
 
-def test_auto_priors_come_from_the_support_masks_and_are_recorded(toy: dict[str, str], tmp_path: Path) -> None:
-    bank = paste_bank(toy, tmp_path / "bank", priors="auto", priors_rotate=False)
+def test_auto_priors_come_from_the_support_masks_and_are_recorded(
+    widget_inputs: dict[str, str], tmp_path: Path
+) -> None:
+    bank = paste_bank(widget_inputs, tmp_path / "bank", priors="auto", priors_rotate=False)
     settings = settings_of(bank)
-    loaded = load_support(discover_support(toy["support"]))
+    loaded = load_support(discover_support(widget_inputs["support"]))
     expected = {d: derive_prior([p.mask for p in pairs], AUTO_MARGIN, False, d) for d, pairs in loaded.items()}
     assert settings["priors"] == {d: p.describe() for d, p in expected.items()}
     assert settings["priors_auto"]["margin"] == AUTO_MARGIN and settings["priors_auto"]["rotate"] is False
@@ -235,21 +269,21 @@ def test_derive_prior_measures_each_component_with_a_margin() -> None:
 
 
 def test_a_path_without_a_category_falls_back_to_auto_and_a_file_wins(
-    toy: dict[str, str], tmp_path: Path, caplog
+    widget_inputs: dict[str, str], tmp_path: Path, caplog
 ) -> None:
     with caplog.at_level(logging.INFO):
-        bank = paste_bank(toy, tmp_path / "auto")  # no --priors, no --category, no MVTec name in the path
+        bank = paste_bank(widget_inputs, tmp_path / "auto")  # no --priors, no --category, no MVTec name in the path
     assert "deriving them from the support masks (--priors auto)" in caplog.text
     assert "priors_auto" in settings_of(bank)
     priors = tmp_path / "priors.json"
     priors.write_text(json.dumps({d: [[0.1, 0.2], [0.1, 0.2], False] for d in DEFECT_TYPES}))
-    bank = paste_bank(toy, tmp_path / "file", priors=str(priors))
+    bank = paste_bank(widget_inputs, tmp_path / "file", priors=str(priors))
     assert "priors_auto" not in settings_of(bank)
     assert settings_of(bank)["priors"] == {d: [[0.1, 0.2], [0.1, 0.2], False] for d in DEFECT_TYPES}
 
 
 def test_auto_priors_options_and_diffusion_without_support_are_refused(
-    toy: dict[str, str], tmp_path: Path, capsys
+    widget_inputs: dict[str, str], tmp_path: Path, capsys
 ) -> None:
     import torch
 
@@ -261,7 +295,7 @@ def test_auto_priors_options_and_diffusion_without_support_are_refused(
         vector = torch.randn(1, 32, generator=torch.Generator().manual_seed(index))
         metadata = {"backbone": build_tiny(0).describe()}
         write_embedding_dir(embeddings, defect, f"<anogen-{defect}>", vector, metadata, overwrite=False)
-    base = ["generate", "--normal", toy["normal"], "--progress", "false"]
+    base = ["generate", "--normal", widget_inputs["normal"], "--progress", "false"]
     diffusion = [*base, "--embeddings", str(embeddings), "--output", str(tmp_path / "a")]
     assert "--priors auto derives the box sizes from the support masks: pass --support" in error_line(
         [*diffusion, "--priors", "auto"], capsys
@@ -270,15 +304,15 @@ def test_auto_priors_options_and_diffusion_without_support_are_refused(
     assert not (tmp_path / "a").exists()
     # diffusion with --support: priors for the defect types that have an embedding; other support folders are unused
     (embeddings / "scratch").rename(tmp_path / "scratch")
-    bank = generate(
-        normal=toy["normal"], embeddings=str(embeddings), support=toy["support"], priors="auto",
+    bank = generate(GenerateOptions(
+        normal=widget_inputs["normal"], embeddings=str(embeddings), support=widget_inputs["support"], priors="auto",
         output=str(tmp_path / "d"), max_images=1, per_image=1, steps=1, progress=False,
-    )  # fmt: skip
+    ))  # fmt: skip
     settings = settings_of(bank)
     assert settings["defects"] == ["blob", "spot"] and set(settings["priors_auto"]["masks"]) == {"blob", "spot"}
     priors = tmp_path / "priors.json"
     priors.write_text(json.dumps({d: [[0.1, 0.2], [0.1, 0.2], False] for d in DEFECT_TYPES}))
-    paste = [*base, "--backend", "paste", "--support", toy["support"], "--output", str(tmp_path / "b")]
+    paste = [*base, "--backend", "paste", "--support", widget_inputs["support"], "--output", str(tmp_path / "b")]
     line = error_line([*paste, "--priors", str(priors), "--priors_rotate", "false"], capsys)
     assert "apply to priors derived from the support masks (--priors auto) only" in line
     assert "--priors_margin must be a number in [0, 10]" in error_line([*paste, "--priors_margin", "-1"], capsys)

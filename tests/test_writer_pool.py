@@ -15,32 +15,31 @@ from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, load_bank
 from anomalib_anogen.generate import bank_writer
 from anomalib_anogen.generate.bank_writer import BankWriter
 from anomalib_anogen.generate.command import generate
+from anomalib_anogen.generate.options import GenerateOptions
 
 from .helpers.cli import error_line
 from .helpers.data import all_files
 
 
-def bank(toy: dict[str, str], output: Path, **options: object) -> Path:
+def bank(toy_inputs: dict[str, str], output: Path, **options: object) -> Path:
     """4 toy images x 3 defects x 2 records with the paste backend."""
     settings = {"max_images": 4, "per_image": 2, "progress": False, **options}
-    return generate(
-        normal=toy["normal"], backend="paste", support=toy["support"], priors=toy["priors"], output=str(output),
-        **settings,
-    )  # fmt: skip
+    inputs = {"normal": toy_inputs["normal"], "support": toy_inputs["support"], "priors": toy_inputs["priors"]}
+    return generate(GenerateOptions(backend="paste", output=str(output), **inputs, **settings))
 
 
-def cli_args(toy: dict[str, str], output: Path, *extra: str) -> list[str]:
-    args = ["generate", "--backend", "paste", "--support", toy["support"], "--normal", toy["normal"]]
-    args += ["--priors", toy["priors"], "--output", str(output), "--max_images", "4", "--per_image", "2"]
+def cli_args(toy_inputs: dict[str, str], output: Path, *extra: str) -> list[str]:
+    args = ["generate", "--backend", "paste", "--support", toy_inputs["support"], "--normal", toy_inputs["normal"]]
+    args += ["--priors", toy_inputs["priors"], "--output", str(output), "--max_images", "4", "--per_image", "2"]
     return [*args, "--progress", "false", *extra]
 
 
 @pytest.mark.parametrize("resolution", [None, 40], ids=["own-size", "resized-copies"])
 def test_a_bank_written_by_3_writers_is_byte_identical_to_a_serial_one(
-    toy: dict[str, str], tmp_path: Path, resolution: int | None
+    toy_inputs: dict[str, str], tmp_path: Path, resolution: int | None
 ) -> None:
-    serial = bank(toy, tmp_path / "serial", writers=0, resolution=resolution)
-    pooled = bank(toy, tmp_path / "pooled", writers=3, resolution=resolution)
+    serial = bank(toy_inputs, tmp_path / "serial", writers=0, resolution=resolution)
+    pooled = bank(toy_inputs, tmp_path / "pooled", writers=3, resolution=resolution)
     files = all_files(serial)
     assert files == all_files(pooled)  # every image, mask, normal copy, the manifest and bank.json
     assert len(load_bank(pooled)) == 24
@@ -48,12 +47,12 @@ def test_a_bank_written_by_3_writers_is_byte_identical_to_a_serial_one(
     assert "writers" not in json.loads(files[SUMMARY_NAME])["settings"]
 
 
-def test_writers_are_not_part_of_the_settings_a_resume_checks(toy: dict[str, str], tmp_path: Path) -> None:
-    whole = bank(toy, tmp_path / "whole", writers=0)
-    partial = bank(toy, tmp_path / "partial", writers=2)
+def test_writers_are_not_part_of_the_settings_a_resume_checks(toy_inputs: dict[str, str], tmp_path: Path) -> None:
+    whole = bank(toy_inputs, tmp_path / "whole", writers=0)
+    partial = bank(toy_inputs, tmp_path / "partial", writers=2)
     lines = (partial / MANIFEST_NAME).read_bytes().splitlines(keepends=True)
     (partial / MANIFEST_NAME).write_bytes(b"".join(lines[:7]))
-    bank(toy, partial, writers=4, resume=True)
+    bank(toy_inputs, partial, writers=4, resume=True)
     assert all_files(partial) == all_files(whole)
 
 
@@ -72,14 +71,14 @@ class FailingWrite:
 
 @pytest.mark.parametrize("writers", [0, 3])
 def test_a_writer_error_is_one_clear_line_and_leaves_a_resumable_bank(
-    toy: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, writers: int
+    toy_inputs: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, writers: int
 ) -> None:
-    whole = bank(toy, tmp_path / "whole", writers=0, resolution=40)
+    whole = bank(toy_inputs, tmp_path / "whole", writers=0, resolution=40)
     order = [json.loads(text)["id"] for text in (whole / MANIFEST_NAME).read_text().splitlines()]
     output = tmp_path / "bank"
     with monkeypatch.context() as patch:
         patch.setattr(bank_writer, "write_atomic", FailingWrite(order[9]))
-        line = error_line(cli_args(toy, output, "--resolution", "40", "--writers", str(writers)), capsys)
+        line = error_line(cli_args(toy_inputs, output, "--resolution", "40", "--writers", str(writers)), capsys)
     assert "No space left on device" in line and "--resume true" in line and f"{order[9]}.png" in line, line
     records = [json.loads(text) for text in (output / MANIFEST_NAME).read_text().splitlines()]
     assert [r["id"] for r in records] == order[:9]  # the records before the failed one, in order, nothing after
@@ -88,14 +87,14 @@ def test_a_writer_error_is_one_clear_line_and_leaves_a_resumable_bank(
             assert path.is_file()
     assert not json.loads((output / SUMMARY_NAME).read_text())["complete"]
     assert not (output / bank_writer.LOCK_NAME).exists()
-    assert cli_main([*cli_args(toy, output, "--resolution", "40", "--writers", "2"), "--resume", "true"]) == 0
+    assert cli_main([*cli_args(toy_inputs, output, "--resolution", "40", "--writers", "2"), "--resume", "true"]) == 0
     assert all_files(output) == all_files(whole)
 
 
 def test_an_error_in_the_generation_loop_keeps_the_finished_records_and_resumes(
-    toy: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    toy_inputs: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole = bank(toy, tmp_path / "whole", writers=0)
+    whole = bank(toy_inputs, tmp_path / "whole", writers=0)
     from anomalib_anogen.generate.backends import paste as paste_module
 
     original, calls = paste_module.paste, []
@@ -111,10 +110,10 @@ def test_an_error_in_the_generation_loop_keeps_the_finished_records_and_resumes(
     with monkeypatch.context() as patch:
         patch.setattr(paste_module, "paste", failing_paste)
         with pytest.raises(RuntimeError, match="backend failed"):
-            bank(toy, output, writers=3)
+            bank(toy_inputs, output, writers=3)
     records = (output / MANIFEST_NAME).read_text().splitlines()
     assert len(records) == 13  # every record made before the failure was written and recorded
-    bank(toy, output, writers=3, resume=True)
+    bank(toy_inputs, output, writers=3, resume=True)
     assert all_files(output) == all_files(whole)
 
 
@@ -154,9 +153,9 @@ def test_pending_records_are_bounded_and_recorded_in_submission_order(
 
 @pytest.mark.parametrize("value", ["-1", "33"])
 def test_writers_out_of_range_is_refused_before_anything(
-    value: str, toy: dict[str, str], tmp_path: Path, capsys
+    value: str, toy_inputs: dict[str, str], tmp_path: Path, capsys
 ) -> None:
     output = tmp_path / "runs" / "bank"
-    line = error_line(cli_args(toy, output, "--writers", value), capsys)
+    line = error_line(cli_args(toy_inputs, output, "--writers", value), capsys)
     assert "--writers must be an integer in [0, 32]" in line and f"got {value}" in line
     assert not (tmp_path / "runs").exists()

@@ -1,7 +1,8 @@
 """Where the backbone runs and in which precision: the accelerator checks, device planning and the dtype table.
 
-``anogen generate`` (``sampling.BlendedSampler``) and ``anogen learn`` (``textual_inversion``) both take
-``--precision auto | 32 | bf16 | fp16`` and resolve it here, each for its own use:
+``anogen generate`` (``generate.backends.diffusion.BlendedSampler``) and ``anogen learn``
+(``learn.textual_inversion``) both take ``--precision auto | 32 | bf16 | fp16`` and resolve it here, each for its
+own use:
 
 * **sampling** (generate): the models *run* in the dtype. ``auto`` is **fp16** on a CUDA GPU, the
   convention of diffusers for Stable Diffusion inference. Not bf16: bf16 keeps 8 significant bits
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from anomalib_anogen.core.checks import at_least, check_choice, check_number
 from anomalib_anogen.core.errors import AnogenInputError
 
 if TYPE_CHECKING:  # torch is imported when a precision is resolved, not when an option is checked
@@ -99,9 +101,7 @@ def training_fabric(precision: str, device: torch.device | str) -> Fabric:
 
 def check_accelerator(accelerator: str) -> None:
     """Refuse an ``--accelerator`` that is none of :data:`ACCELERATORS` (an input error, exit code 2)."""
-    if accelerator not in ACCELERATORS:
-        msg = f"--accelerator must be one of {', '.join(ACCELERATORS)} (got {accelerator!r})"
-        raise AnogenInputError(msg)
+    check_choice("--accelerator", accelerator, ACCELERATORS)
 
 
 def wants_cuda(accelerator: str) -> bool:
@@ -117,12 +117,10 @@ def check_devices(accelerator: str, devices: int | str, num_nodes: int) -> None:
     Several nodes need one process per node started by a launcher (``torchrun --nnodes N`` or SLURM's
     ``srun``, see docs/generate.md); started on its own, the run would wait for the other nodes forever.
     """
-    from anomalib_anogen.core.checks import check_number
-
     check_accelerator(accelerator)
     if devices != "auto":
-        check_number("devices", devices, 1, integer=True, note="or auto for every GPU")
-    check_number("num_nodes", num_nodes, 1, integer=True, note="machines, each started by torchrun or SLURM")
+        check_number("--devices", devices, at_least(1), "or auto for every GPU")
+    check_number("--num_nodes", num_nodes, at_least(1), "machines, each started by torchrun or SLURM")
     if num_nodes > 1 and not _launched_by_a_cluster():
         msg = (
             f"--num_nodes {num_nodes}: start the command on every node with a launcher "

@@ -23,3 +23,14 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# The built-in toy backbones (core/backbones.py): their ops are too small to split across threads.
+SMALL_BACKBONES = frozenset({"tiny", "tiny-ldm"})
+
+
+def thread_count(threads: int | None, small_ops: bool) -> int | None:
+    """``--threads`` if given, else one thread for work too small to split (``small_ops``), else ``None``."""
+    if threads is not None:
+        return threads
+    return 1 if small_ops else None

@@ -134,9 +134,6 @@ def discover_support(
     if not root.is_dir():
         msg = f"{root}: support folder not found"
         raise AnogenInputError(msg)
-    if shots is not None and shots < 1:
-        msg = f"--shots must be at least 1 (got {shots})"
-        raise AnogenInputError(msg)
     found: dict[str, list[SupportPair]] = {}
     if (root / "test").is_dir() and (root / "ground_truth").is_dir():
         layout = "mvtec"

@@ -54,7 +54,6 @@ BANK_FORMAT = "anogen-bank/1"
 NORMAL_DIR = "normal"  # resized copies of normal images that are not at the output size
 BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, SUMMARY_NAME)  # deletion order for --overwrite
 LOCK_NAME = "bank.lock"  # held by the run that writes the bank; never part of it
-WRITERS_MAX = 32  # --writers: threads that encode and write the bank's files (0 or 1: in the generating thread)
 PENDING_PER_WRITER = 2  # records handed to the writer threads and not yet recorded, per thread (bounds memory)
 
 

@@ -7,17 +7,16 @@ or option and nothing is written (docs/generate.md, "Bad input").
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from anomalib_anogen.core.checks import SEED_MAX, check_number
-from anomalib_anogen.core.devices import check_devices, check_precision
+from anomalib_anogen.core.checks import MAX_GENERATE_RESOLUTION, MIN_RESOLUTION, between, check_number
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.files import sha256_file
 from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored, load_rgb
-from anomalib_anogen.generate.bank_writer import WRITERS_MAX
+from anomalib_anogen.data.support import LoadedPair, discover_support, load_support
+from anomalib_anogen.generate.backends.paste import Cutout, cut
 from anomalib_anogen.generate.boxes import (
     AUTO_MARGIN,
     AUTO_MIN_COMPONENT,
@@ -26,38 +25,41 @@ from anomalib_anogen.generate.boxes import (
     derive_prior,
     load_priors,
 )
-from anomalib_anogen.generate.foreground import FOREGROUND_RULES
+from anomalib_anogen.generate.options import GenerateOptions
+from anomalib_anogen.generate.placement import Placement, load_placement
+from anomalib_anogen.generate.work import NormalImage
+
+if TYPE_CHECKING:
+    from anomalib_anogen.core.backbones import Backbone
+    from anomalib_anogen.learn.embeddings import Embedding
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("diffusion", "paste")
-MIN_RESOLUTION, MAX_RESOLUTION = 8, 4096  # output side in pixels; 4096 is 48 MiB per RGB image already
-TRIES_LIMIT = 10_000  # each try rasterises a box: more would stall a run on an object too small for its priors
-
 
 @dataclass(frozen=True)
-class NormalImage:
-    """A normal image of the work list: its file, content hash and size on disk."""
-
-    index: int
-    path: Path
-    sha256: str
-    size: tuple[int, int]
-
-    @property
-    def stem(self) -> str:
-        """The file name without suffix (part of every record id made from it)."""
-        return self.path.stem
-
-
-@dataclass
 class DefectSources:
-    """What the backend draws each defect from: embeddings (diffusion) or cut-out support anomalies (paste)."""
+    """What the backend draws each defect from: embeddings (diffusion) or cut-out support anomalies (paste).
+
+    Attributes:
+        names: The defect types found (sorted); :meth:`only` narrows them to those the run generates.
+        embeddings: Diffusion: each defect's learned embedding.
+        cutouts: Paste: each defect's support anomalies, cut by their masks.
+        where: How messages name one source ("embedding in <folder>").
+    """
 
     names: list[str]
-    embeddings: dict[str, Any] = field(default_factory=dict)
-    cutouts: dict[str, list[Any]] = field(default_factory=dict)
+    embeddings: dict[str, Embedding] = field(default_factory=dict)
+    cutouts: dict[str, list[Cutout]] = field(default_factory=dict)
     where: str = ""
+
+    def only(self, names: list[str]) -> DefectSources:
+        """The same sources for ``names`` only."""
+        return replace(
+            self,
+            names=names,
+            embeddings={n: e for n, e in self.embeddings.items() if n in names},
+            cutouts={n: c for n, c in self.cutouts.items() if n in names},
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,9 +111,6 @@ def discover_embeddings(folder: str | None) -> DefectSources:
 
 
 def discover_cutouts(folder: str | None) -> DefectSources:
-    from anomalib_anogen.data.support import discover_support, load_support
-    from anomalib_anogen.generate.backends.paste import cut
-
     if folder is None:
         msg = "--support is required for --backend paste"
         raise AnogenInputError(msg)
@@ -175,10 +174,10 @@ def _shipped_category(category: str | None, normal: Path) -> str | None:
     return category if category in table else None
 
 
-def _support_masks(sources: DefectSources, support: str | None, backend: str) -> tuple[dict[str, list[Any]], Path]:
+def _support_masks(
+    sources: DefectSources, support: str | None, backend: str
+) -> tuple[dict[str, list[LoadedPair]], Path]:
     """Each defect's support pairs (decoded): the paste backend's own, or (diffusion) those of ``--support``."""
-    from anomalib_anogen.data.support import discover_support, load_support
-
     if backend == "paste":
         pairs = {name: [c.source for c in cutouts] for name, cutouts in sources.cutouts.items()}
         return pairs, Path(str(support)).expanduser()
@@ -258,7 +257,7 @@ def choose_priors(
     return Priors(table, category, f"the priors derived from the support masks in {root}", derived)
 
 
-def load_model(spec: str | None, revision: str | None, sources: DefectSources) -> Any:
+def load_model(spec: str | None, revision: str | None, sources: DefectSources) -> Backbone:
     """The backbone the embeddings were learned on (recorded in their metadata), checked by weight hash."""
     from anomalib_anogen.core.backbones import load_backbone
 
@@ -283,66 +282,87 @@ def load_model(spec: str | None, revision: str | None, sources: DefectSources) -
     return model
 
 
-def defect_tokens(sources: DefectSources) -> dict[str, str]:
-    """One distinct token per defect (released embeddings all use ``*``; those are renamed per defect)."""
-    tokens = {name: sources.embeddings[name].token for name in sources.names}
-    counts: dict[str, int] = {}
-    for token in tokens.values():
-        counts[token] = counts.get(token, 0) + 1
-    return {name: token if counts[token] == 1 else f"<anogen-{name}>" for name, token in tokens.items()}
-
-
-def check_options(
-    backend: str,
-    blend: str,
-    foreground: str,
-    precision: str,
-    accelerator: str,
-    devices: int | str,
-    num_nodes: int,
-    numbers: dict[str, Any],
-) -> None:
-    """Choices and numeric ranges, before any work and before any output exists (see docs/generate.md)."""
-    if backend not in BACKENDS:
-        msg = f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})"
-        raise AnogenInputError(msg)
-    from anomalib_anogen.generate.backends.paste import BLENDS
-
-    if blend not in BLENDS:
-        msg = f"--blend must be one of {', '.join(BLENDS)} (got {blend!r})"
-        raise AnogenInputError(msg)
-    if foreground not in FOREGROUND_RULES:
-        msg = f"--foreground must be one of {', '.join(FOREGROUND_RULES)} (got {foreground!r})"
-        raise AnogenInputError(msg)
-    check_precision(precision)
-    check_devices(accelerator, devices, num_nodes)
-    check_number("per_image", numbers["per_image"], 1, integer=True)
-    # more samples per box than --per_image is allowed: every record of an image and defect then shares one box
-    check_number("samples_per_box", numbers["samples_per_box"], 1, integer=True)
-    check_number("steps", numbers["steps"], 1, integer=True)  # the backbone's maximum is checked once it is loaded
-    check_number("guidance", numbers["guidance"], 1, note="1 turns guidance off, the paper uses 10")
-    if numbers["feather"] is not None:
-        check_number("feather", numbers["feather"], 0, note="pixels inside the box edge, 0 for a hard edge")
-    if numbers["resolution"] is not None:
-        check_number("resolution", numbers["resolution"], MIN_RESOLUTION, MAX_RESOLUTION, integer=True)
-    check_number("min_foreground", numbers["min_foreground"], 0, 1, note="a share of the box")
-    check_number("max_tries", numbers["max_tries"], 1, TRIES_LIMIT, integer=True)
-    check_number("seed", numbers["seed"], 0, SEED_MAX, integer=True)
-    if numbers["max_images"] is not None:
-        check_number("max_images", numbers["max_images"], 1, integer=True, note="or leave it out for every image")
-    check_number("batch_size", numbers["batch_size"], 1, integer=True)
-    check_number("priors_margin", numbers["priors_margin"], 0, 10, note="a share added to the measured box sizes")
-    if numbers["threads"] is not None:
-        cpus = os.cpu_count() or 1
-        check_number("threads", numbers["threads"], 1, cpus, integer=True, note="this machine's CPUs")
-    check_number("writers", numbers["writers"], 0, WRITERS_MAX, integer=True, note="0 or 1: no writer threads")
-
-
-def check_for_model(model: Any, steps: int, resolution: int) -> None:
+def check_for_model(model: Backbone, steps: int, resolution: int) -> None:
     """The ranges that depend on the backbone: DDIM steps and the VAE's downsampling factor."""
     limit = int(model.noise_scheduler.config.num_train_timesteps)
-    check_number("steps", steps, 1, limit, integer=True, note=f"the training timesteps of backbone {model.spec}")
+    check_number("--steps", steps, between(1, limit), f"the training timesteps of backbone {model.spec}")
     factor = model.vae_scale_factor
     if resolution % factor:
         msg = f"--resolution must be a multiple of {factor}, the VAE factor of backbone {model.spec} (got {resolution})"
         raise AnogenInputError(msg)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads before the bank is touched, every part checked.
+
+    Attributes:
+        normals: The normal images, in work-list order.
+        normal_root: Their folder, resolved.
+        sources: What each generated defect is drawn from, narrowed to ``defects``.
+        priors: The box priors, their name in messages and how they were derived.
+        defects: The defect types to generate (sorted).
+        placement: ``--placement``'s regions, or ``None``.
+        model: The diffusion backbone (``None`` for paste).
+        resolution: The output side in pixels.
+    """
+
+    normals: list[NormalImage]
+    normal_root: Path
+    sources: DefectSources
+    priors: Priors
+    defects: list[str]
+    placement: Placement | None
+    model: Backbone | None
+    resolution: int
+
+
+def read_inputs(options: GenerateOptions) -> Inputs:
+    """Read and check everything the run needs, in the order a user would fix it; nothing is written."""
+    normals = list_normals(options.normal, options.max_images)
+    normal_root = Path(options.normal).expanduser().resolve()
+    diffusion = options.backend == "diffusion"
+    found = discover_embeddings(options.embeddings) if diffusion else discover_cutouts(options.support)
+    priors = choose_priors(
+        options.priors,
+        options.category,
+        normal_root,
+        found,
+        options.support,
+        options.backend,
+        options.priors_margin,
+        options.priors_rotate,
+    )
+    names = match_defects(found, priors.table, priors.name, options.defects)
+    placement = (
+        load_placement(options.placement, names, found.names, priors.category, options.placement_foreground)
+        if options.placement
+        else None
+    )
+    sources = found.only(names)
+    model = load_model(options.backbone, options.revision, sources) if diffusion else None
+    resolution = options.resolution
+    if resolution is None:
+        resolution = model.resolution if model is not None else normals[0].size[0]
+        check_number("--resolution", resolution, between(MIN_RESOLUTION, MAX_GENERATE_RESOLUTION))
+    if model is not None:
+        check_for_model(model, options.steps, resolution)
+    _warn_resized(normals, resolution)
+    return Inputs(normals, normal_root, sources, priors, names, placement, model, resolution)
+
+
+def _warn_resized(normals: list[NormalImage], resolution: int) -> None:
+    resized = [n for n in normals if n.size != (resolution, resolution)]
+    if not resized:
+        return
+    sizes = sorted({f"{n.size[0]}x{n.size[1]}" for n in resized})
+    stretched = sum(n.size[0] != n.size[1] for n in resized)
+    logger.warning(
+        "%d of %d normal images (%s) are resized to %dx%d%s; the bank records the resized copies in normal/",
+        len(resized),
+        len(normals),
+        ", ".join(sizes[:4]),
+        resolution,
+        resolution,
+        f" ({stretched} not square: stretched, the aspect ratio is not kept)" if stretched else "",
+    )

@@ -1,9 +1,9 @@
-"""``anogen generate``'s work: the work list, its fixed chunks, the per-image cache, and the loop that writes a bank.
+"""``anogen generate``'s loop: the chunks of one rank made by a backend, boxed, recorded and written to the bank.
 
-The work list is every normal image x every defect type x ``per_image`` records, image-major, cut into fixed
-chunks of ``batch_size``; a chunk is one backend call (``PasteMaker`` in paste.py, ``DiffusionMaker`` in
-sampling.py), so its composition never depends on what was already done. Lightning Fabric splits the chunks
-over devices (``chunks[rank::world_size]``); the bank writer appends records in work-list order.
+A chunk of the work list (``generate/work.py``) is one backend call (``backends.paste.PasteMaker`` or
+``backends.diffusion.DiffusionMaker``); Lightning Fabric splits the chunks over devices
+(``chunks[rank::world_size]``) and the bank writer appends records in work-list order, so a bank is the same
+however it was split or interrupted.
 """
 
 from __future__ import annotations
@@ -11,102 +11,25 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
-from anomalib_anogen.core.images import load_rgb
+from anomalib_anogen.generate.backends import Maker
 from anomalib_anogen.generate.bank_writer import BankWriter, NormalCopy
 from anomalib_anogen.generate.boxes import BoxPrior, PlacedBox, box_mask, derived_seed, sample_box
-from anomalib_anogen.generate.foreground import foreground_mask
-from anomalib_anogen.generate.inputs import DefectSources, NormalImage
+from anomalib_anogen.generate.options import GenerateOptions
 from anomalib_anogen.generate.placement import Placement
 from anomalib_anogen.generate.settings import GenerateSettings
+from anomalib_anogen.generate.work import SourceCache, WorkItem, chunks_for_rank, chunks_of
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One record to make: which image, which defect, which box and which sample of that box."""
-
-    order: int
-    record_id: str
-    source: NormalImage
-    defect: str
-    box_index: int
-    sample_index: int
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Work list
-
-
-def work_list(normals: list[NormalImage], defects: list[str], per_image: int, samples_per_box: int) -> list[WorkItem]:
-    """Every image x defect x record, image-major (so each normal image is loaded and encoded once)."""
-    items = []
-    for source in normals:
-        for defect in defects:
-            for k in range(per_image):
-                record_id = f"{source.stem}_{defect}_{k:02d}"
-                items.append(WorkItem(len(items), record_id, source, defect, k // samples_per_box, k % samples_per_box))
-    return items
-
-
-def chunks_of(items: list[WorkItem], size: int) -> list[list[WorkItem]]:
-    """Fixed chunks of the whole work list (not of what is left), so a batch is the same on every run."""
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def chunks_for_rank(chunks: list[list[WorkItem]], rank: int, world_size: int) -> list[list[WorkItem]]:
-    """The chunks one of ``world_size`` processes makes: every ``world_size``-th from ``rank`` (each chunk once)."""
-    return chunks[rank::world_size]
-
-
-class SourceCache:
-    """Normal images at the output size, their foreground and (diffusion) latent, kept while they are in use."""
-
-    def __init__(self, resolution: int, foreground: str, placement: Placement | None = None) -> None:
-        self.resolution = resolution
-        self.foreground = foreground
-        self.placement = placement
-        self.pixels: dict[int, np.ndarray] = {}
-        self.masks: dict[int, np.ndarray] = {}
-        self.latents: dict[int, Any] = {}
-        self.boxes: dict[tuple[int, str, int], PlacedBox] = {}
-
-    def image(self, source: NormalImage) -> np.ndarray:
-        """The normal image as uint8 R x R x 3 (resized bicubic when its size differs, as logged up front)."""
-        if source.index not in self.pixels:
-            image = load_rgb(source.path)
-            if image.size != (self.resolution, self.resolution):
-                image = image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
-            self.pixels[source.index] = np.asarray(image, dtype=np.uint8)
-        return self.pixels[source.index]
-
-    def object_mask(self, source: NormalImage) -> np.ndarray:
-        """Where boxes may go: the object's foreground by the run's rule (everything for a texture)."""
-        if source.index not in self.masks:
-            self.masks[source.index] = foreground_mask(self.image(source), self.foreground)
-        return self.masks[source.index]
-
-    def region(self, source: NormalImage, defect: str) -> np.ndarray:
-        """Where a box of ``defect`` must lie: the foreground, or (--placement) the template and the foreground."""
-        if self.placement is None:
-            return self.object_mask(source)
-        template = self.placement.region(defect, self.resolution)
-        return template & self.object_mask(source) if self.placement.foreground else template
-
-    def forget_before(self, index: int) -> None:
-        """Drop images the (image-major) work list has left behind."""
-        for table in (self.pixels, self.masks, self.latents):
-            for key in [k for k in table if k < index]:
-                del table[key]
-        for key in [k for k in self.boxes if k[0] < index]:
-            del self.boxes[key]
 
 
 def is_first_process() -> bool:
@@ -118,60 +41,55 @@ def is_first_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def cpu_threads(threads: int | None, backend: str, model: Any) -> int | None:
-    """One torch thread for ops too small to split (tiny backbones, paste) unless told otherwise."""
-    if threads is not None or backend == "paste" or (model is not None and model.spec in {"tiny", "tiny-ldm"}):
-        return threads or 1
-    return None
+@dataclass(frozen=True)
+class Job:
+    """One run, fixed before the bank is touched.
+
+    Attributes:
+        settings: The bank's settings (recorded in bank.json).
+        items: The whole work list.
+        priors: Each defect's box prior.
+        placement: ``--placement``'s regions, or ``None``.
+        output: The bank folder.
+        mode: What happens to the bank first: ``new``, ``resume``, ``overwrite``, or ``worker`` (ranks > 0).
+        maker: Builds the backend on the device a rank runs on.
+    """
+
+    settings: GenerateSettings
+    items: list[WorkItem]
+    priors: dict[str, BoxPrior]
+    placement: Placement | None
+    output: Path
+    mode: str
+    maker: Callable[[torch.device], Maker]
 
 
-def run(
-    model: Any,
-    sources: DefectSources,
-    items: list[WorkItem],
-    priors: dict[str, BoxPrior],
-    settings: GenerateSettings,
-    output: Path,
-    mode: str,
-    accelerator: str,
-    devices: int | str,
-    progress: bool,
-    placement: Placement | None = None,
-    writers: int = 0,
-    num_nodes: int = 1,
-) -> Path:
+def run(job: Job, options: GenerateOptions) -> Path:
+    """Make this rank's chunks and write them to the bank; rank 0 prepares the bank first and finishes it last."""
     from anomalib_anogen.core.devices import launch_fabric
 
-    batch = settings.batch_size or 1
-    chunks = chunks_of(items, batch)
-    if model is None:  # paste: one CPU process per node
-        accelerator, devices = "cpu", 1
-    fabric = launch_fabric(accelerator, devices, len(chunks), num_nodes)
-    order = {item.record_id: item.order for item in items}
-    writer = BankWriter(output, settings.to_json(), writers)
+    settings = job.settings
+    chunks = chunks_of(job.items, settings.batch_size or 1)
+    accelerator, devices = (options.accelerator, options.devices) if settings.diffusion else ("cpu", 1)
+    fabric = launch_fabric(accelerator, devices, len(chunks), options.num_nodes)  # paste: one CPU process per node
+    order = {item.record_id: item.order for item in job.items}
+    writer = BankWriter(job.output, settings.to_json(), options.writers)
     if fabric.global_rank == 0:
-        writer.prepare(mode, order)
+        writer.prepare(job.mode, order)
     fabric.barrier()
     done = writer.done_ids()
     assigned = chunks_for_rank(chunks, fabric.global_rank, fabric.world_size)
     mine = [c for c in assigned if any(i.record_id not in done for i in c)]
     pending = sum(1 for c in mine for i in c if i.record_id not in done)
-    if model is not None:
-        from anomalib_anogen.generate.backends.diffusion import DiffusionMaker
-
-        maker: Any = DiffusionMaker(model, sources, settings, fabric.device)
-    else:
-        from anomalib_anogen.generate.backends.paste import PasteMaker
-
-        maker = PasteMaker(sources, settings)
-    cache = SourceCache(settings.resolution, settings.foreground, placement)
-    bar = _bar(pending, progress, fabric.global_rank, fabric.world_size)
+    maker = job.maker(fabric.device)
+    cache = SourceCache(settings.resolution, settings.foreground, job.placement)
+    bar = _bar(pending, options.progress, fabric.global_rank, fabric.world_size)
     start, written, fallbacks = time.perf_counter(), 0, 0
     resolution = settings.resolution
     try:
         for chunk in mine:
             cache.forget_before(chunk[0].source.index)
-            boxes = [_box(item, cache, priors, settings) for item in chunk]
+            boxes = [_box(item, cache, job.priors, settings) for item in chunk]
             made = maker.make(chunk, boxes, cache)
             for item, placed, (image, mask, extra) in zip(chunk, boxes, made, strict=True):
                 if item.record_id in done:
@@ -197,8 +115,8 @@ def run(
     fabric.barrier()
     if fabric.global_rank == 0:
         records = writer.finish(order)
-        logger.info("%s: bank of %d records (%s)", output, len(records), ", ".join(settings.defects))
-    return output
+        logger.info("%s: bank of %d records (%s)", job.output, len(records), ", ".join(settings.defects))
+    return job.output
 
 
 def _bar(total: int, enabled: bool, rank: int, world: int) -> Any:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from anomalib_anogen.core.checks import SEED_MAX, check_number
+from anomalib_anogen.core.checks import MAX_CELL, SEEDS, at_least, between, check_number
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.files import make_folder, png_bytes, remove_created, write_atomic
 from anomalib_anogen.data.bank import BankError, BankRecord, load_bank
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 TITLE = 20  # pixels of the strip that names each defect type
 OUTLINE = (255, 32, 32)
-MAX_CELL = 1024
 INCOMPLETE_COLOUR = (160, 0, 0)
 REGION_COLOUR = (64, 224, 255)  # the placement region's outline, drawn at REGION_OPACITY
 REGION_OPACITY = 0.45
@@ -55,7 +55,8 @@ def _outlined(record: BankRecord, cell: int, region: np.ndarray | None = None) -
     return image
 
 
-def show(bank: str, output: str = "sheet.png", per_defect: int = 4, cell: int = 128, seed: int | None = None) -> Path:
+@dataclass
+class ShowOptions:
     """Write a contact sheet of a bank: per defect type, rows of normal source | generated with box | mask.
 
     Args:
@@ -65,10 +66,24 @@ def show(bank: str, output: str = "sheet.png", per_defect: int = 4, cell: int = 
         cell: Side of each image cell in pixels (8 to 1024).
         seed: Pick the shown records at random with this seed instead of taking the first ones.
     """
-    check_number("per_defect", per_defect, 1, integer=True)
-    check_number("cell", cell, 8, MAX_CELL, integer=True, note="pixels")
-    if seed is not None:
-        check_number("seed", seed, 0, SEED_MAX, integer=True)
+
+    bank: str
+    output: str = "sheet.png"
+    per_defect: int = 4
+    cell: int = 128
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """The ranges (before the bank is read)."""
+        check_number("--per_defect", self.per_defect, at_least(1))
+        check_number("--cell", self.cell, between(8, MAX_CELL), "pixels")
+        if self.seed is not None:
+            check_number("--seed", self.seed, SEEDS)
+
+
+def show(options: ShowOptions) -> Path:
+    """Write the contact sheet of ``options.bank`` to ``options.output``; returns its path."""
+    bank, output, per_defect, cell, seed = options.bank, options.output, options.per_defect, options.cell, options.seed
     path = Path(output).expanduser()
     if path.is_dir():
         msg = f"{path}: --output is a folder; give the PNG file to write"

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from anomalib_anogen import __version__
-from anomalib_anogen.core.devices import check_devices, launch_fabric
+from anomalib_anogen.core.devices import launch_fabric
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.files import sha256_file
-from anomalib_anogen.core.threads import torch_threads
+from anomalib_anogen.core.threads import SMALL_BACKBONES, thread_count, torch_threads
 from anomalib_anogen.data.support import LoadedPair, SupportSet, discover_support, load_support
+from anomalib_anogen.learn.options import ImportEmbeddingOptions, LearnConfig, LearnOptions
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TOKEN = "<anogen-{defect}>"
 
 
 def token_for(template: str, defect: str) -> str:
@@ -64,118 +63,52 @@ def _support_record(support: SupportSet, pairs: list[LoadedPair]) -> dict[str, A
     return record
 
 
-def _check_run_options(accelerator: str, devices: int | str, num_nodes: int, threads: int | None) -> None:
-    """Refuse run options out of range (the hyper-parameters are LearnConfig.validate's)."""
-    check_devices(accelerator, devices, num_nodes)
-    cores = os.cpu_count() or 1
-    if threads is not None and not 1 <= threads <= cores:
-        msg = f"--threads must lie in [1, {cores}], the CPU cores of this machine (got {threads})"
-        raise AnogenInputError(msg)
-
-
-def learn(
-    support: str,
-    output: str,
-    backbone: str,
-    revision: str | None = None,
-    defects: list[str] | None = None,
-    shots: int | None = None,
-    steps: int = 6000,
-    lr: float = 5e-3,
-    scale_lr: bool = True,
-    batch_size: int = 4,
-    resolution: int | None = None,
-    seed: int = 0,
-    token: str = DEFAULT_TOKEN,
-    init_word: str = "defect",
-    hflip_p: float = 0.5,
-    precision: str = "auto",
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    num_nodes: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-    threads: int | None = None,
-) -> list[Path]:
+def learn(options: LearnOptions) -> list[Path]:
     """Learn one anomaly embedding per defect type found in a support folder (AnoGen stage 1).
 
-    Args:
-        support: Support folder: <defect>/<name>.png with <defect>/<name>_mask.png, or an MVTec category
-            (test/<defect>/ with ground_truth/<defect>/), from which --shots images per defect are drawn.
-        output: Folder that receives <defect>/learned_embeds.safetensors and <defect>/anogen_embedding.json.
-        backbone: tiny | tiny-ldm | sd15-random | a diffusers SD 1.x/2.x or LDMTextToImagePipeline folder or hub id.
-        revision: Hub revision (branch, tag or commit) when --backbone is a hub id.
-        defects: Only these defect types (default: every one found).
-        shots: Support images per defect, 1 or more (default: all in the support layout, 3 in the MVTec layout).
-        steps: Optimisation steps per defect, 1 to 1000000 (paper: 6000).
-        lr: Base learning rate per sample, in (0, 1]; the rate used is lr x batch_size when --scale_lr (as the
-            paper's code).
-        scale_lr: Multiply --lr by the batch size (the LDM textual-inversion rule).
-        batch_size: Support samples per step, 1 to 1024 (drawn with replacement across epochs of shuffled images).
-        resolution: Training resolution in pixels, a multiple of 8 in [8, 2048] (default: the backbone's native one).
-        seed: Seed of the support selection, flips, noise, timesteps and prompts (and of random-weight backbones),
-            0 to 2**32 - 1.
-        token: Placeholder token; {defect} is replaced by the defect name.
-        init_word: Word whose embedding initialises the token (must be one token).
-        hflip_p: Probability of a horizontal flip in [0, 1], applied to image and mask together.
-        precision: auto (bf16 autocast on a GPU, fp16 with a gradient scaler where bf16 is missing; fp32 on a
-            CPU) | 32 | bf16 | fp16; a CPU always trains in fp32.
-        accelerator: auto | cpu | gpu.
-        devices: GPUs to spread the defects over, 1 or more (auto: all, at most one per defect).
-        num_nodes: Machines to spread the defects over, each started by torchrun or SLURM (docs/learn.md); 1 or more.
-        overwrite: Replace finished embeddings in --output (refused otherwise).
-        progress: Show a progress bar with the current loss.
-        threads: CPU threads for torch, 1 to the machine's core count (default: 1 for the tiny backbones, whose
-            ops are too small to split across threads, else torch's default).
-
-    A rerun into the same --output keeps each finished defect learned with the same settings (checked: the
-    embedding's sha256, every hyper-parameter, the prompt templates, the support files' content, the backbone's
-    weights) and learns the others; other settings are refused unless --overwrite, which relearns every defect.
+    The options are checked when they are built; see :class:`~anomalib_anogen.learn.options.LearnOptions`.
 
     Returns:
         The defect folders this run wrote (kept defects are logged, not returned).
     """
     from anomalib_anogen.learn.embeddings import check_embeddings_output
-    from anomalib_anogen.learn.textual_inversion import LearnConfig
 
-    config = LearnConfig(
-        steps=steps,
-        lr=lr,
-        scale_lr=scale_lr,
-        batch_size=batch_size,
-        resolution=resolution,
-        seed=seed,
-        init_word=init_word,
-        hflip_p=hflip_p,
-        precision=precision,
-    )
-    config.validate()
-    _check_run_options(accelerator, devices, num_nodes, threads)
-    found = discover_support(support, shots=shots, seed=seed, defects=defects)
+    config = options.config()
+    found = discover_support(options.support, shots=options.shots, seed=options.seed, defects=options.defects)
     names = found.defects
-    if "{defect}" not in token and len(names) > 1:
-        msg = f"--token {token!r} has no {{defect}} but {len(names)} defects would share it"
+    if "{defect}" not in options.token and len(names) > 1:
+        msg = f"--token {options.token!r} has no {{defect}} but {len(names)} defects would share it"
         raise AnogenInputError(msg)
     loaded = load_support(found)
-    output_path = Path(output).expanduser()
-    finished = check_embeddings_output(output_path, names, overwrite, keep_finished=True)
-    planned = {name: _planned_metadata(name, token, config, found, loaded[name]) for name in names}
-    kept = {name: _check_kept(output_path / name, planned[name]) for name in finished}
+    output = Path(options.output).expanduser()
+    finished = check_embeddings_output(output, names, options.overwrite, keep_finished=True)
+    planned = {name: _planned_metadata(name, options.token, config, found, loaded[name]) for name in names}
+    kept = {name: _check_kept(output / name, planned[name]) for name in finished}
     todo = [name for name in names if name not in kept]
-    fabric = launch_fabric(accelerator, devices, max(1, len(todo)), num_nodes, config.precision)
-    on_cpu = fabric.device.type == "cpu"
-    cpu_threads = (threads or 1) if on_cpu and (threads is not None or backbone in {"tiny", "tiny-ldm"}) else None
-    mine = todo[fabric.global_rank :: fabric.world_size]
-    with torch_threads(cpu_threads):
-        written = _learn_on_rank(
-            backbone, revision, config, planned, kept, loaded, mine, output_path, overwrite, fabric, progress
-        )
+    fabric = launch_fabric(options.accelerator, options.devices, max(1, len(todo)), options.num_nodes, config.precision)
+    small = fabric.device.type == "cpu" and options.backbone in SMALL_BACKBONES
+    threads = thread_count(options.threads, small) if fabric.device.type == "cpu" else None
+    share = _Share(config, planned, kept, loaded, todo[fabric.global_rank :: fabric.world_size], output)
+    with torch_threads(threads):
+        written = _learn_on_rank(options, share, fabric)
     fabric.barrier()
     return written
 
 
+@dataclass(frozen=True)
+class _Share:
+    """What one rank learns: the hyper-parameters, each defect's planned metadata and support, its share."""
+
+    config: LearnConfig
+    planned: dict[str, dict[str, Any]]
+    kept: dict[str, dict[str, Any]]
+    loaded: dict[str, list[LoadedPair]]
+    mine: list[str]
+    output: Path
+
+
 def _planned_metadata(
-    defect: str, token_template: str, config: Any, found: SupportSet, pairs: list[LoadedPair]
+    defect: str, token_template: str, config: LearnConfig, found: SupportSet, pairs: list[LoadedPair]
 ) -> dict[str, Any]:
     """What this run will record for ``defect`` before training; the backbone and resolution come once it is loaded."""
     from anomalib_anogen.learn.textual_inversion import config_dict
@@ -308,26 +241,15 @@ def _check_kept(folder: Path, planned: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _learn_on_rank(
-    backbone_spec: str,
-    revision: str | None,
-    config: Any,
-    planned: dict[str, dict[str, Any]],
-    kept: dict[str, dict[str, Any]],
-    loaded: dict[str, list[LoadedPair]],
-    mine: list[str],
-    output: Path,
-    overwrite: bool,
-    fabric: Any,
-    progress: bool,
-) -> list[Path]:
+def _learn_on_rank(options: LearnOptions, share: _Share, fabric: Any) -> list[Path]:
     import torch
 
     from anomalib_anogen.core.backbones import load_backbone
     from anomalib_anogen.learn.embeddings import METADATA_FORMAT, write_embedding_dir
     from anomalib_anogen.learn.textual_inversion import check_token, learn_embedding
 
-    model = load_backbone(backbone_spec, revision=revision, seed=config.seed)
+    config, planned, kept, loaded, output = share.config, share.planned, share.kept, share.loaded, share.output
+    model = load_backbone(options.backbone, revision=options.revision, seed=config.seed)
     model.to(fabric.device)
     described = model.describe()
     resolution = config.resolution or model.resolution
@@ -336,7 +258,7 @@ def _learn_on_rank(
         plan["hyperparameters"]["resolution"] = resolution
     for defect, metadata in kept.items():
         _refuse_if_different(output / defect, metadata, planned[defect], backbone_stage=True)
-    for defect in mine:
+    for defect in share.mine:
         check_token(model, planned[defect]["token"], config.init_word)
     if fabric.global_rank == 0:
         for defect in kept:
@@ -347,7 +269,7 @@ def _learn_on_rank(
         else:
             logger.info("%s: every defect is already learned with these settings (--overwrite relearns)", output)
     written = []
-    for defect in mine:
+    for defect in share.mine:
         plan = planned[defect]
         if torch.cuda.is_available() and fabric.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(fabric.device)
@@ -357,7 +279,7 @@ def _learn_on_rank(
             plan["token"],
             config,
             device=fabric.device,
-            progress=progress,
+            progress=options.progress,
             description=defect,
             fabric=fabric,
         )
@@ -389,30 +311,16 @@ def _learn_on_rank(
             },
             "support": plan["support"],
         }
-        folder = write_embedding_dir(output, defect, plan["token"], result.vector, metadata, overwrite)
+        folder = write_embedding_dir(output, defect, plan["token"], result.vector, metadata, options.overwrite)
         logger.info("%s: loss %.4f -> %.4f, wrote %s", defect, result.loss_start, result.loss_end, folder)
         written.append(folder)
     return written
 
 
-def import_embedding(
-    input: str | list[str],
-    output: str,
-    token: str = "*",
-    category: str | None = None,
-    defect: str | None = None,
-    overwrite: bool = False,
-) -> list[Path]:
+def import_embedding(options: ImportEmbeddingOptions) -> list[Path]:
     """Convert the authors' released embeddings.pt files into the anogen format for the LDM backbone.
 
-    Args:
-        input: A released .pt file or a folder of them (e.g. ../shared/data/anogen_reference/released_embeddings);
-            several as a list: --input '[a.pt, b.pt]'.
-        output: Folder that receives <defect>/learned_embeds.safetensors and <defect>/anogen_embedding.json.
-        token: Token name in the written file (the release uses "*").
-        category: Only <category>_*.pt in input folders, and strip "<category>_" from the defect names.
-        defect: Defect name for a single input file (default: the file name, less "<category>_").
-        overwrite: Replace finished embeddings in --output (refused otherwise).
+    The options are checked when they are built; see :class:`~anomalib_anogen.learn.options.ImportEmbeddingOptions`.
     """
     from anomalib_anogen.learn.embeddings import (
         EMBEDDING_FILE,
@@ -426,10 +334,8 @@ def import_embedding(
         write_embedding_dir,
     )
 
-    if defect is not None and (not defect or defect.startswith(".") or "/" in defect or os.sep in defect):
-        msg = f"--defect {defect!r} must be a folder name (not empty, no '/', not starting with '.')"
-        raise AnogenInputError(msg)
-    files = released_inputs([input] if isinstance(input, str) else list(input), category)
+    defect, category, token = options.defect, options.category, options.token
+    files = released_inputs(options.inputs, category)
     if defect is not None and len(files) != 1:
         msg = f"--defect names one output but {len(files)} input files were given"
         raise AnogenInputError(msg)
@@ -438,8 +344,8 @@ def import_embedding(
         msg = f"two input files map to the same defect name ({sorted(names)})"
         raise AnogenInputError(msg)
     loaded = [load_released(file) for file in files]  # every file is checked before anything is written
-    output_path = Path(output).expanduser()
-    check_embeddings_output(output_path, names, overwrite)
+    output_path = Path(options.output).expanduser()
+    check_embeddings_output(output_path, names, options.overwrite)
     written = []
     for file, name, (original_token, vector, token_id) in zip(files, names, loaded, strict=True):
         metadata = {
@@ -464,7 +370,7 @@ def import_embedding(
                 "token_id_note": "id in the BERT tokenizer of the original LDM code (bert-base-uncased)",
             },
         }
-        folder = write_embedding_dir(output_path, name, token, vector, metadata, overwrite)
+        folder = write_embedding_dir(output_path, name, token, vector, metadata, options.overwrite)
         logger.info("%s: wrote %s and %s from %s", name, folder / EMBEDDING_FILE, METADATA_FILE, file)
         written.append(folder)
     return written

@@ -28,10 +28,11 @@ from PIL import Image
 from torch import nn
 
 from anomalib_anogen.core.backbones import Backbone
-from anomalib_anogen.core.devices import check_precision, precision_of, training_fabric
+from anomalib_anogen.core.devices import precision_of, training_fabric
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.files import sha256_bytes
 from anomalib_anogen.data.support import LoadedPair
+from anomalib_anogen.learn.options import LearnConfig
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -127,66 +128,6 @@ TEMPLATES = (
     "a depiction of a cool {}",
     "a depiction of a small {}",
 )
-
-
-# Ranges of the options (checked before any work): wide enough for any real run, narrow enough to catch a typo
-# before it allocates the step plan (steps x batch_size indices) or the latents.
-MAX_STEPS = 1_000_000
-MAX_BATCH_SIZE = 1024
-MAX_LR = 1.0
-MAX_RESOLUTION = 2048
-MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
-
-
-@dataclass
-class LearnConfig:
-    """Hyper-parameters of one masked textual-inversion run (defaults: the paper's)."""
-
-    steps: int = 6000
-    lr: float = 5e-3  # base learning rate, per sample (see effective_lr)
-    scale_lr: bool = True
-    batch_size: int = 4
-    resolution: int | None = None  # None: the backbone's native resolution
-    seed: int = 0
-    init_word: str = "defect"
-    hflip_p: float = 0.5
-    weight_decay: float = 0.01  # torch.optim.AdamW's default, which the LDM code uses
-    precision: str = "auto"  # auto | 32 | bf16 | fp16 (autocast; the learned vector stays fp32)
-    loss_window: int = 50  # at most this many steps (and a tenth of them) are averaged for the start/end loss
-
-    def effective_lr(self, num_devices: int = 1, grad_accumulation: int = 1) -> float:
-        """The paper's rule (LDM ``main.py``): lr = base_lr x batch_size x devices x accumulation, if scale_lr.
-
-        Each defect is learned on one device, so ``num_devices`` is 1 here whatever the number of GPUs.
-        """
-        if not self.scale_lr:
-            return self.lr
-        return self.lr * self.batch_size * num_devices * grad_accumulation
-
-    def validate(self) -> None:
-        """Refuse settings that cannot train, or not sensibly (as input errors, exit code 2), with the range."""
-        if not 1 <= self.steps <= MAX_STEPS:
-            msg = f"--steps must lie in [1, {MAX_STEPS}] (got {self.steps})"
-            raise AnogenInputError(msg)
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            msg = f"--batch_size must lie in [1, {MAX_BATCH_SIZE}] (got {self.batch_size})"
-            raise AnogenInputError(msg)
-        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
-            msg = f"--lr must lie in (0, {MAX_LR:g}] (got {self.lr})"
-            raise AnogenInputError(msg)
-        if not 0.0 <= self.hflip_p <= 1.0:
-            msg = f"--hflip_p must lie in [0, 1] (got {self.hflip_p})"
-            raise AnogenInputError(msg)
-        if not 0 <= self.seed <= MAX_SEED:
-            msg = f"--seed must lie in [0, {MAX_SEED}] (got {self.seed})"
-            raise AnogenInputError(msg)
-        check_precision(self.precision)
-        if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
-            msg = (
-                f"--resolution must be a multiple of 8 in [8, {MAX_RESOLUTION}], or null for the backbone's native "
-                f"one (got {self.resolution})"
-            )
-            raise AnogenInputError(msg)
 
 
 @dataclass
@@ -415,7 +356,6 @@ def learn_embedding(
     run's (``anogen learn`` builds it with ``config.precision`` resolved for its devices); without one, a
     one-device Fabric is made for ``device``.
     """
-    config.validate()
     device = device if device is not None else backbone.device
     fabric = fabric if fabric is not None else training_fabric(config.precision, device)
     module = MaskedTextualInversion(backbone, pairs, token, config, device)

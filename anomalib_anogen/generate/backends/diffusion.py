@@ -25,11 +25,11 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib_anogen.core.backbones import Backbone
 from anomalib_anogen.core.devices import dtype_of, resolve_precision
 from anomalib_anogen.generate.boxes import PlacedBox, box_mask, composite, derived_seed, feather_alpha
+from anomalib_anogen.generate.settings import GenerateSettings
+from anomalib_anogen.generate.work import NormalImage, SourceCache, WorkItem
 
 if TYPE_CHECKING:
-    from anomalib_anogen.generate.inputs import DefectSources, NormalImage
-    from anomalib_anogen.generate.run import SourceCache, WorkItem
-    from anomalib_anogen.generate.settings import GenerateSettings
+    from anomalib_anogen.learn.embeddings import Embedding
 
 
 @dataclass
@@ -147,17 +147,26 @@ class BlendedSampler:
         return self.scheduler.add_noise(z0, noise, t.reshape(1).repeat(len(z0)).to(z0.device))
 
 
+def defect_tokens(embeddings: dict[str, Embedding]) -> dict[str, str]:
+    """One distinct token per defect (released embeddings all use ``*``; those are renamed per defect)."""
+    counts: dict[str, int] = {}
+    for embedding in embeddings.values():
+        counts[embedding.token] = counts.get(embedding.token, 0) + 1
+    return {name: e.token if counts[e.token] == 1 else f"<anogen-{name}>" for name, e in embeddings.items()}
+
+
 class DiffusionMaker:
     """Diffusion backend: one blended-DDIM call per chunk, normal latents encoded once per image."""
 
-    def __init__(self, model: Any, sources: DefectSources, settings: GenerateSettings, device: Any) -> None:
-        from anomalib_anogen.generate.inputs import defect_tokens
+    def __init__(
+        self, model: Backbone, embeddings: dict[str, Embedding], settings: GenerateSettings, device: Any
+    ) -> None:
         from anomalib_anogen.learn.embeddings import apply_embedding
 
         model.to(device)
-        tokens = defect_tokens(sources)
+        tokens = defect_tokens({name: embeddings[name] for name in settings.defects})
         for name in settings.defects:
-            apply_embedding(model, sources.embeddings[name], token=tokens[name])
+            apply_embedding(model, embeddings[name], token=tokens[name])
         self.model = model
         self.settings = settings
         self.sampler = BlendedSampler(model, settings.steps, settings.guidance, settings.precision)

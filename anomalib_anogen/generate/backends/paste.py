@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from anomalib_anogen.data.support import LoadedPair
 from anomalib_anogen.generate.boxes import Box, PlacedBox, box_mask, composite, derived_seed
+from anomalib_anogen.generate.settings import GenerateSettings
+from anomalib_anogen.generate.work import SourceCache, WorkItem
 
-if TYPE_CHECKING:
-    from anomalib_anogen.generate.inputs import DefectSources
-    from anomalib_anogen.generate.run import SourceCache, WorkItem
-    from anomalib_anogen.generate.settings import GenerateSettings
-
-BLENDS = ("feather", "poisson")
 SCALE_RANGE = (0.7, 1.0)  # the defect's size relative to the box, per side
 GAIN_RANGE = (0.85, 1.15)  # per-channel colour gain
 SHIFT_RANGE = (-12.0, 12.0)  # brightness offset in grey levels
@@ -101,8 +97,8 @@ def _poisson(normal: np.ndarray, placed: np.ndarray, region: np.ndarray) -> np.n
 class PasteMaker:
     """Paste backend: one support anomaly per record, jittered from the record's seed."""
 
-    def __init__(self, sources: DefectSources, settings: GenerateSettings) -> None:
-        self.cutouts = sources.cutouts
+    def __init__(self, cutouts: dict[str, list[Cutout]], settings: GenerateSettings) -> None:
+        self.cutouts = cutouts
         self.settings = settings
 
     def make(
