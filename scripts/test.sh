@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check anomalib_anogen tests benchmarks
+.venv/bin/lint-imports  # the layering contracts in pyproject.toml
 .venv/bin/python -m pytest "$@"
 # Benchmarks never run in the test suite; --smoke only checks, in seconds, that each still works.
 # startup and precision need no data; the others read ../shared/data.
