@@ -1,9 +1,9 @@
 """One training step in the benchmarks, and anomalib's ``Draem`` at other widths.
 
 - ``AnomalibDraem``: anomalib's ``Draem`` with the DRAEM widths and the Adam learning rate as arguments
-  (bench_train).
-- ``Trainee``: one model's training step without a Trainer, as Lightning takes it (bench_train times it), on
-  ``load_batch``'s real images.
+  (bench_train, and the ``Draem`` row of bench_accuracy).
+- ``Trainee``: one model's training step without a Trainer, as Lightning takes it (bench_train times it;
+  _runs.py probes it to fit a schedule to ``--max_minutes``), on ``load_batch``'s real images.
 """
 
 from __future__ import annotations
