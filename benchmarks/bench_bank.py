@@ -16,10 +16,11 @@ images x 3 defect types).
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import make_paste_bank, parser, report
+from _common import SMOKE_WIDTHS, Stopwatch, add_widths, make_paste_bank, parse, parser, report, take_turns, widths
+
+SMOKE = {"image_size": 64, "batch_size": 2, "samples": 16, "steps": 1, **SMOKE_WIDTHS}
 
 
 def samples_per_second(bank: Path, size: int, workers: int, count: int) -> float:
@@ -28,9 +29,9 @@ def samples_per_second(bank: Path, size: int, workers: int, count: int) -> float
 
     generator = AnoGenAnomalyGenerator(bank, num_workers=workers)
     generator.draw(8, (size, size))  # start the workers
-    started = time.perf_counter()
-    generator.draw(count, (size, size))
-    return count / (time.perf_counter() - started)
+    with Stopwatch() as watch:
+        generator.draw(count, (size, size))
+    return count / watch.wall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--workers", type=int, default=2)
     parser_.add_argument("--samples", type=int, default=256, help="bank samples to read per loader measurement")
     parser_.add_argument("--steps", type=int, default=3, help="timed training steps per generator")
-    parser_.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
-    parser_.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
-    args = parser_.parse_args(argv)
-    if args.smoke:
-        args.image_size, args.batch_size, args.samples, args.steps = 64, 2, 16, 1
-        args.reconstructive_width, args.discriminative_width = 8, 4
+    add_widths(parser_)
+    args = parse(parser_, argv, SMOKE)
 
     import torch
 
@@ -67,38 +64,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["bank_samples_per_s_in_process"] = samples_per_second(bank, size, 0, args.samples)
 
-        widths = {
-            "reconstructive_width": args.reconstructive_width,
-            "discriminative_width": args.discriminative_width,
-        }
         models = {
-            "perlin": DraemWeak(generator="perlin", **widths),
-            "anogen": DraemWeak(generator="anogen", bank_dir=bank, **widths),
+            "perlin": DraemWeak(generator="perlin", **widths(args)),
+            "anogen": DraemWeak(generator="anogen", bank_dir=bank, **widths(args)),
         }
         models["anogen"].augmenter.num_workers = args.workers
         models["anogen"].model.load_state_dict(models["perlin"].model.state_dict())
         images = torch.rand(args.batch_size, 3, size, size)
         generate_times: dict[str, list[float]] = {name: [] for name in models}
-        step_times: dict[str, list[float]] = {name: [] for name in models}
         optimizers = {name: torch.optim.Adam(model.model.parameters(), lr=1e-4) for name, model in models.items()}
+
+        def step(name: str) -> None:
+            """Synthesis (timed on its own too), forward, loss, backward and Adam."""
+            model = models[name]
+            with Stopwatch() as synthesis:
+                synthetic = model.synthesize(images)
+            generate_times[name].append(synthesis.wall)
+            reconstruction, prediction = model.model(synthetic.image)
+            loss = model.loss(synthetic.target, reconstruction, synthetic.mask, prediction, synthetic.is_box)
+            optimizers[name].zero_grad()
+            loss.backward()
+            optimizers[name].step()
+
         for model in models.values():  # warm-up: workers started, kernels chosen
             model.synthesize(images)
-        for _ in range(args.steps):
-            for name, model in models.items():
-                started = time.perf_counter()
-                synthetic = model.synthesize(images)
-                generated = time.perf_counter()
-                reconstruction, prediction = model.model(synthetic.image)
-                loss = model.loss(synthetic.target, reconstruction, synthetic.mask, prediction, synthetic.is_box)
-                optimizers[name].zero_grad()
-                loss.backward()
-                optimizers[name].step()
-                finished = time.perf_counter()
-                generate_times[name].append(generated - started)
-                step_times[name].append(finished - started)
+        step_times = take_turns({name: (lambda name=name: step(name)) for name in models}, args.steps)
         for name in models:
             results[f"generate_s_{name}"] = statistics.median(generate_times[name])
-            results[f"step_s_{name}"] = statistics.median(step_times[name])
+            results[f"step_s_{name}"] = statistics.median(watch.wall for watch in step_times[name])
         results["step_ratio_anogen_over_perlin"] = results["step_s_anogen"] / results["step_s_perlin"]
 
     report(results, args.json)

@@ -15,11 +15,11 @@ it prints), with and without the authors' placement templates.
 
 from __future__ import annotations
 
-import time
+import sys
 
 import cv2
 import numpy as np
-from _common import NORMAL, SHARED, SUPPORT, parser, report
+from _common import NORMAL, SHARED, SUPPORT, Stopwatch, normal_images, parse, parser, report
 from PIL import Image
 
 from anomalib_anogen.data.toy import dark_part, darken_background, disc_reference
@@ -39,10 +39,9 @@ def _iou(mask: np.ndarray, reference: np.ndarray) -> float:
 
 def _measure(cases: list[tuple[np.ndarray, np.ndarray]], rule: str) -> tuple[float, float, float]:
     """Mean and minimum IoU over ``cases`` and the mean time per image in ms."""
-    scores, start = [], time.perf_counter()
-    for image, reference in cases:
-        scores.append(_iou(foreground_mask(image, rule), reference))
-    return float(np.mean(scores)), float(np.min(scores)), 1000 * (time.perf_counter() - start) / len(cases)
+    with Stopwatch() as watch:
+        scores = [_iou(foreground_mask(image, rule), reference) for image, reference in cases]
+    return float(np.mean(scores)), float(np.min(scores)), 1000 * watch.wall / len(cases)
 
 
 def _priors(kind: str) -> dict[str, BoxPrior]:
@@ -72,14 +71,14 @@ def _fallbacks(
     return fallback, sum(len(t) for t in tries.values()), [float(np.mean(tries[d])) for d in defects]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print the IoU, time and fallback table."""
     args_parser = parser(__doc__)
     args_parser.add_argument("--images", type=int, default=209, help="bottle training images (all: 209)")
     args_parser.add_argument("--large", type=int, default=5, help="2448x2048 images")
-    args = args_parser.parse_args()
-    count, large, parts = (4, 1, 3) if args.smoke else (args.images, args.large, 20)
-    paths = sorted(NORMAL.glob("*.png"))[:count]
+    args = parse(args_parser, argv, smoke={"images": 4, "large": 1})
+    large, parts = args.large, 3 if args.smoke else 20
+    paths = normal_images(args.images)
     bottles = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     references = [disc_reference(image) for image in bottles]
     dark = [darken_background(image, reference) for image, reference in zip(bottles, references, strict=True)]
@@ -120,7 +119,8 @@ def main() -> None:
                 results[f"fallback boxes, {where}"] = f"{fallback} of {total}"
                 results[f"mean draws ({'/'.join(sorted(priors))}), {where}"] = " / ".join(f"{d:.2f}" for d in draws)
     report(results, args.json, "foreground rule")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,17 +39,28 @@ resolution per call, and fewer ``--images`` (or batch sizes) at 512 px when a ca
 Target: anogen >= 20x the paper's per-image flow on the same GPU.
 """
 
+import functools
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import CATEGORY, NORMAL, parser, report
+from _common import (
+    CATEGORY,
+    Stopwatch,
+    generate_command,
+    link_images,
+    median_seconds,
+    normal_images,
+    parse,
+    parser,
+    report,
+    run_child,
+)
 
 TARGET_SPEEDUP = 20.0
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s by GPU name; the first match wins.
@@ -82,7 +93,8 @@ def write_embeddings(folder: Path, spec: str) -> dict[str, Any]:
     from anomalib_anogen import __version__
     from anomalib_anogen.core.backbones import load_backbone
     from anomalib_anogen.generate.boxes import load_priors
-    from anomalib_anogen.learn.command import DEFAULT_TOKEN, token_for
+    from anomalib_anogen.learn.command import token_for
+    from anomalib_anogen.learn.options import DEFAULT_TOKEN
     from anomalib_anogen.learn.embeddings import METADATA_FORMAT, write_embedding_dir
 
     priors, _ = load_priors(None, CATEGORY)
@@ -113,45 +125,28 @@ def write_embeddings(folder: Path, spec: str) -> dict[str, Any]:
     }
 
 
-def link_normals(folder: Path, count: int) -> list[Path]:
-    """Symlink the first ``count`` normal images into ``folder`` (the data is never copied)."""
-    folder.mkdir(parents=True)
-    files = sorted(p for p in NORMAL.iterdir() if p.suffix.lower() == ".png")[:count]
-    for file in files:
-        (folder / file.name).symlink_to(file)
-    return files
-
-
 def run_generate(normal: Path, output: Path, embeddings: Path, batch: int, args: Any, resolution: int) -> dict:
     """One ``anogen generate`` process: wall seconds, loop seconds (from its log) and records written."""
-    command = [
-        sys.executable,
-        "-m",
-        "anomalib_anogen.cli",
-        "generate",
-        f"--normal={normal}",
-        f"--output={output}",
-        f"--embeddings={embeddings}",
-        f"--backbone={args.backbone}",
-        f"--category={CATEGORY}",
-        f"--per_image={args.per_image}",
-        f"--samples_per_box={args.samples_per_box}",
-        f"--steps={args.steps}",
-        f"--guidance={args.guidance}",
-        f"--resolution={resolution}",
-        f"--batch_size={batch}",
-        f"--precision={args.precision}",
-        f"--accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-        "--devices=1",
-        "--progress=false",
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
-        msg = f"anogen generate failed (exit {done.returncode}): {' '.join(command)}"
-        raise SystemExit(msg)
+    command = generate_command(
+        normal,
+        output,
+        embeddings=embeddings,
+        backbone=args.backbone,
+        category=CATEGORY,
+        per_image=args.per_image,
+        samples_per_box=args.samples_per_box,
+        steps=args.steps,
+        guidance=args.guidance,
+        resolution=resolution,
+        batch_size=batch,
+        precision=args.precision,
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        progress="false",
+    )
+    with Stopwatch() as watch:
+        done = run_child(command)
+    wall = watch.wall
     match = LOOP_LINE.search(done.stderr) or LOOP_LINE.search(done.stdout)
     if match is None:
         msg = f"no 'rank 0: N images in S s' line in the log of: {' '.join(command)}"
@@ -204,21 +199,13 @@ def unet_seconds(config: dict[str, Any], batch: int, resolution: int, factor: in
         sample = torch.randn(batch, unet.config.in_channels, side, side, device=device, dtype=dtype)
         states = torch.randn(batch, context, unet.config.cross_attention_dim, device=device, dtype=dtype)
         step = torch.tensor(500, device=device)
-        times = []
         with torch.inference_mode():
-            for index in range(2 + args.unet_repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                unet(sample, step, encoder_hidden_states=states)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if index >= 2:  # two warm-up calls
-                    times.append(time.perf_counter() - started)
-        del unet
+            forward = functools.partial(unet, sample, step, encoder_hidden_states=states)
+            seconds = median_seconds(forward, args.unet_repeats, warmup=2, device=device.type)
+        del unet, forward
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return statistics.median(times)
+        return seconds
     finally:
         torch.set_num_threads(threads)
 
@@ -237,9 +224,7 @@ def measure(resolution: int, args: Any, scratch: Path, embeddings: Path, files: 
         runs[batch] = [run_generate(normal, scratch / f"{tag}_anogen_b{batch}_0", embeddings, batch, args, resolution)]
     paper: list[dict] = []
     for index, file in enumerate(files):  # the paper's way: one process per normal image, batch 1
-        single = scratch / f"{tag}_paper_normal_{index}"
-        single.mkdir()
-        (single / file.name).symlink_to(file)
+        single = link_images(scratch / f"{tag}_paper_normal_{index}", [file])
         paper.append(run_generate(single, scratch / f"{tag}_paper_{index}", embeddings, 1, args, resolution))
     paper_hashes = {key: value for run in paper for key, value in run["hashes"].items()}
     images = len(paper_hashes)
@@ -310,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--guidance", type=float, default=10.0, help="classifier-free guidance (paper: 10)")
     parser_.add_argument("--unet_repeats", type=int, default=5, help="timed UNet forwards (after 2 warm-up)")
     parser_.add_argument("--peak_tflops", type=float, help="dense bf16 peak (default: from the GPU's name)")
-    args = parser_.parse_args(argv)
+    args = parse(
+        parser_, argv, smoke={"images": 1, "per_image": 1, "samples_per_box": 1, "steps": 2, "unet_repeats": 1}
+    )
     if args.smoke:
-        args.images, args.per_image, args.samples_per_box, args.steps = 1, 1, 1, 2
-        args.batch_sizes, args.unet_repeats = args.batch_sizes or [1], 1
+        args.batch_sizes = args.batch_sizes or [1]
     gpu = args.device == "cuda"
     args.backbone = args.backbone or ("sd15-random" if gpu else "tiny")
     args.batch_sizes = sorted(set(args.batch_sizes or ([1, 4, 8, 16] if gpu else [1, 8])))
@@ -340,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = write_embeddings(embeddings, args.backbone)
         args.unet_config, args.vae_factor, args.context = shape["unet_config"], shape["vae_factor"], shape["context"]
         resolutions = args.resolutions or [shape["resolution"]]
-        files = link_normals(scratch / "normal", args.images)
+        files = normal_images(args.images)
+        link_images(scratch / "normal", files)
         results: dict[str, Any] = {
             "backbone": args.backbone,
             "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",

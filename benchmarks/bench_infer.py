@@ -52,18 +52,19 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from _common import DTD, MVTEC, NORMAL, parser, report
+from _common import DTD, MVTEC, NORMAL, SMOKE_WIDTHS, add_widths, parse, parser, quiet, report
 
 VARIANTS = ("fp32", "bf16", "fp16", "int8")
 # Which exported IR each variant runs, and at which OpenVINO inference precision.
 IR_OF = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp16", "int8": "int8"}
 PRECISION_OF = {"fp32": "f32", "bf16": "bf16", "fp16": "f32", "int8": "f32"}
 FP32_TARGET, INT8_TARGET, INT8_MAX_PIXEL_AP_LOSS = 0.6, 0.35, 1.0
+SMOKE = {"image_size": 64, "runs": 2, "async_images": 2, "calib_images": 4, "parity_images": 2, **SMOKE_WIDTHS}
+SMOKE |= {"train_steps": 1, "destseg_steps": 2, "destseg_batch_size": 2, "destseg_top_k": 10, "small_widths": (4, 2)}
 
 
 def datamodule(size: int, batch_size: int, **kwargs: object):
@@ -458,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--destseg_batch_size", type=int, default=4, help="DestsegWeak training batch")
     parser_.add_argument("--destseg_top_k", type=int, default=100, help="DestsegWeak's T (image score: top-T mean)")
     parser_.add_argument("--val_ratio", type=float, default=0.1, help="share of test labels validated for stats")
-    parser_.add_argument("--reconstructive_width", type=int, default=128, help="DRAEM: 128")
-    parser_.add_argument("--discriminative_width", type=int, default=64, help="DRAEM: 64")
+    add_widths(parser_)
     parser_.add_argument(
         "--small_widths",
         type=int,
@@ -470,12 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser_.add_argument("--parity_images", type=int, default=4, help="test images for the raw-output parity")
     parser_.add_argument("--perf", action="store_true", help="print OpenVINO per-layer-type times")
-    args = parser_.parse_args(argv)
+    args = parse(parser_, argv, SMOKE)
     if args.smoke:
-        args.image_size, args.runs, args.async_images, args.calib_images = 64, 2, 2, 4
-        args.train_steps, args.destseg_steps, args.destseg_batch_size, args.destseg_top_k = 1, 2, 2, 10
-        args.reconstructive_width, args.discriminative_width, args.small_widths = 8, 4, (4, 2)
-        args.parity_images = 2
         args.test_stride = args.test_stride or 12
     args.models = args.models or (["draem"] if args.smoke else ["draem", "draem_small", "destseg"])
 
@@ -491,9 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         args.destseg_ckpt = args.destseg_ckpt.resolve()
     if args.destseg_teacher:
         args.destseg_teacher = args.destseg_teacher.resolve()
-    warnings.filterwarnings("ignore")
-    for noisy in ("anomalib", "lightning", "lightning.pytorch", "nncf"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet("anomalib", "lightning", "lightning.pytorch", "nncf", level=logging.ERROR)
 
     from lightning.pytorch import seed_everything
 

@@ -36,10 +36,10 @@ size of ``cond - uncond``, and so the amplification, depends on the weights (the
 from __future__ import annotations
 
 import itertools
-import time
+import sys
 from typing import Any
 
-from _common import parser, report
+from _common import Stopwatch, parse, parser, report
 
 PRECISIONS = ("bf16", "fp16")
 
@@ -124,17 +124,16 @@ def run(args: Any, guidance: float, precision: str, mode: str, z0: Any, inside: 
             deltas.append(float((conditional - unconditional).pow(2).mean().sqrt() / rms))
 
         backbone.unet.register_forward_hook(record)
-    started = time.perf_counter()
-    batch = BoxBatch(
-        normal_latents=z0,
-        latent_masks=inside,
-        prompt_embeds=sampler.embed_prompts([args.prompt]),
-        seeds=[args.seed],
-    )
-    latents = sampler.sample(batch)
-    pixels = sampler.decode(latents)
-    seconds = time.perf_counter() - started
-    return {"latents": latents.cpu(), "pixels": pixels, "seconds": seconds, "delta": deltas}
+    with Stopwatch() as watch:
+        batch = BoxBatch(
+            normal_latents=z0,
+            latent_masks=inside,
+            prompt_embeds=sampler.embed_prompts([args.prompt]),
+            seeds=[args.seed],
+        )
+        latents = sampler.sample(batch)
+        pixels = sampler.decode(latents)
+    return {"latents": latents.cpu(), "pixels": pixels, "seconds": watch.wall, "delta": deltas}
 
 
 def compare(result: dict[str, Any], reference: dict[str, Any], inside: Any) -> dict[str, float]:
@@ -153,7 +152,7 @@ def compare(result: dict[str, Any], reference: dict[str, Any], inside: Any) -> d
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Run every precision at every guidance from the same latent and print the deviations from fp32."""
     parser_ = parser(__doc__)
     parser_.add_argument("--backbone", default="sd15-random", help="default: sd15-random (SD 1.5's shapes)")
@@ -163,9 +162,7 @@ def main() -> None:
     parser_.add_argument("--device", default="cpu", help="cpu or cuda")
     parser_.add_argument("--seed", type=int, default=0, help="noise seed of the box")
     parser_.add_argument("--prompt", default="a photo of a defect", help="the conditional prompt")
-    args = parser_.parse_args()
-    if args.smoke:
-        args.backbone, args.resolution, args.steps = "tiny", 64, 3
+    args = parse(parser_, argv, smoke={"backbone": "tiny", "resolution": 64, "steps": 3})
 
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -214,7 +211,8 @@ def main() -> None:
             )
             results[f"{precision} {mode} latent: guidance {guided:g} / guidance 1"] = ratio
     report(results, args.json, title="precision against fp32")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -43,7 +43,7 @@ that (~23 minutes with two other benchmarks running).
     python benchmarks/bench_train.py --image_size 256 --batch_size 8 --steps 3
     python benchmarks/bench_train.py --smoke               # seconds: 64 px, DRAEM widths 8/4, one step, no warm-up
 
-``--smoke`` gives every DRAEM (anomalib's too: its network is swapped for the same-width one) widths 8/4, runs
+``--smoke`` gives every DRAEM (anomalib's too, as ``AnomalibDraem`` of _training.py) widths 8/4, runs
 one torch thread and measures memory for ``draem_weak_anogen`` only, alongside the timing; its numbers only show
 that the script works.
 
@@ -57,92 +57,42 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import warnings
 from pathlib import Path
 
-from _common import DTD, NORMAL, make_paste_bank, parser, report
+from _common import (
+    DTD,
+    SMOKE_WIDTHS,
+    add_device,
+    add_widths,
+    make_paste_bank,
+    parse,
+    parser,
+    pick_device,
+    quiet,
+    report,
+    take_turns,
+    widths,
+)
+from _training import AnomalibDraem, Trainee, load_batch
 
 MODELS = ("draem", "draem_weak_perlin", "draem_weak_anogen", "destseg_weak_student", "destseg_weak_segmentation")
 REFERENCE = "draem"
 TARGET_MODEL, TARGET_RATIO = "draem_weak_anogen", 1.05
 MIB = 2**20
+SMOKE = {"image_size": 64, "batch_size": 2, "steps": 1, "warmup": 0, "memory_steps": 1, **SMOKE_WIDTHS}
 
 
-def quiet() -> None:
-    """Silence what a Trainer-less ``training_step`` and the imports warn about on every run."""
-    warnings.filterwarnings("ignore", message=".*self.log.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def load_batch(size: int, batch_size: int, device: str):
-    """An anomalib ``ImageBatch`` of the first ``batch_size`` bottle training images at ``size``, in [0, 1]."""
-    import torch
-    from anomalib.data import ImageBatch
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as tvf
-
-    paths = sorted(NORMAL.glob("*.png"))[:batch_size]
-    if len(paths) < batch_size:
-        msg = f"--batch_size {batch_size}: only {len(paths)} images in {NORMAL}."
-        raise ValueError(msg)
-    images = [
-        tvf.resize(decode_image(str(path), mode=ImageReadMode.RGB), [size, size], antialias=True) for path in paths
-    ]
-    return ImageBatch(image=(torch.stack(images).float() / 255).to(device))
-
-
-class Trainee:
-    """One model and the optimisers of its ``configure_optimizers``, stepped as Lightning would."""
-
-    def __init__(self, module, phase: str | None = None) -> None:
-        self.module = module
-        self.phase = phase
-        module.train()
-        configured = module.configure_optimizers()
-        if module.automatic_optimization:
-            optimizers = (
-                configured[0]
-                if isinstance(configured, tuple | list) and isinstance(configured[0], list)
-                else configured
-            )
-            self.optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
-        else:
-            # No Trainer: give the module its optimisers and a plain backward, as Lightning's manual optimisation would.
-            module.optimizers = lambda use_pl_optimizer=True: configured
-            module.manual_backward = lambda loss, *args, **kwargs: loss.backward(*args, **kwargs)
-            self.optimizer = None
-
-    def step(self, batch) -> None:
-        """One training step: ``training_step``; then zero_grad, backward and step unless the model does them."""
-        module = self.module
-        if self.phase is not None:  # global_step is 0 without a Trainer: de_st_steps alone picks the phase
-            module.de_st_steps = module.steps if self.phase == "student" else 0
-        output = module.training_step(batch, 0)
-        if self.optimizer is not None:
-            self.optimizer.zero_grad()
-            output["loss"].backward()
-            self.optimizer.step()
-
-
-def build(name: str, args, bank: Path, cache: dict):
+def build(name: str, args, bank: Path, cache: dict) -> Trainee:
     """The ``Trainee`` for ``name``; both DestsegWeak phases share one model (``cache``), as in a real run."""
-    from anomalib.models.image.draem import Draem
-
     from anomalib_anogen.models import DestsegWeak, DraemWeak
-    from anomalib_anogen.models.image.draem_weak.torch_model import DraemWeakModel
 
-    widths = {"reconstructive_width": args.reconstructive_width, "discriminative_width": args.discriminative_width}
-    common = {"dtd_dir": DTD, "visualizer": False}
+    common = {"dtd_dir": DTD, "visualizer": False}  # dtd_dir given: anomalib's download is never reached
     if name == "draem":
-        module = Draem(**common)  # dtd_dir given: anomalib's download is never reached
-        if (args.reconstructive_width, args.discriminative_width) != (128, 64):
-            module.model = DraemWeakModel(**widths)  # smoke only: anomalib's network at the smaller widths
+        module = AnomalibDraem(**widths(args), **common)  # smoke: anomalib's network at the smaller widths
     elif name == "draem_weak_perlin":
-        module = DraemWeak(generator="perlin", **widths, **common)
+        module = DraemWeak(generator="perlin", **widths(args), **common)
     elif name == "draem_weak_anogen":
-        module = DraemWeak(generator="anogen", bank_dir=bank, **widths, **common)
+        module = DraemWeak(generator="anogen", bank_dir=bank, **widths(args), **common)
     elif name.startswith("destseg_weak_"):
         if "destseg_weak" not in cache:
             cache["destseg_weak"] = DestsegWeak(
@@ -153,19 +103,6 @@ def build(name: str, args, bank: Path, cache: dict):
         msg = f"unknown model {name!r}; one of {', '.join(MODELS)}."
         raise ValueError(msg)
     return Trainee(module.to(args.device))
-
-
-def timed(trainee: Trainee, batch, device: str) -> tuple[float, float]:
-    """Wall-clock and CPU seconds (this process, all its threads) of one training step."""
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    started, started_cpu = time.perf_counter(), time.process_time()
-    trainee.step(batch)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started, time.process_time() - started_cpu
 
 
 def peak_bytes(device: str) -> int:
@@ -194,9 +131,7 @@ def memory_child(args) -> int:
     if args.smoke:
         torch.set_num_threads(1)
     torch.manual_seed(0)
-    import anomalib.models.image.draem  # noqa: F401 - every import that building a model makes, before the baseline
-
-    import anomalib_anogen.models  # noqa: F401
+    import anomalib_anogen.models  # noqa: F401 - every import that building a model makes, before the baseline
 
     batch = load_batch(args.image_size, args.batch_size, args.device)
     baseline = peak_bytes(args.device)
@@ -246,17 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print the table."""
     parser_ = parser(__doc__)
     parser_.add_argument("--bank", type=Path, help="an anomaly bank (default: make a paste bank)")
-    parser_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device(parser_)
     parser_.add_argument("--image_size", type=int, help="default: 256 on CUDA, 128 on CPU (a multiple of 32)")
     parser_.add_argument("--batch_size", type=int, help="default: 8 on CUDA, 4 on CPU")
     parser_.add_argument("--steps", type=int, help="timed steps per model (default: 20 on CUDA, 5 on CPU)")
     parser_.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser_.add_argument("--memory_steps", type=int, default=2, help="steps per memory process")
     parser_.add_argument("--no_memory", action="store_true", help="skip the peak-memory processes")
-    parser_.add_argument("--reconstructive_width", type=int, default=128, help="DraemWeak (DRAEM: 128)")
-    parser_.add_argument("--discriminative_width", type=int, default=64, help="DraemWeak (DRAEM: 64)")
+    add_widths(parser_)
     parser_.add_argument("--_memory", help=__import__("argparse").SUPPRESS)
-    args = parser_.parse_args(argv)
+    args = parse(parser_, argv, SMOKE)
     if args._memory:
         return memory_child(args)
 
@@ -264,12 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet()
     torch.manual_seed(0)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = pick_device(args.device)
     cuda = args.device.startswith("cuda")
     if args.smoke:  # one thread: numbers do not matter here, and a busy CI machine makes OpenMP threads wait
         torch.set_num_threads(1)
-        args.image_size, args.batch_size, args.steps, args.warmup, args.memory_steps = 64, 2, 1, 0, 1
-        args.reconstructive_width, args.discriminative_width = 8, 4
     args.image_size = args.image_size or (256 if cuda else 128)
     args.batch_size = args.batch_size or (8 if cuda else 4)
     args.steps = args.steps or (20 if cuda else 5)
@@ -283,18 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         batch = load_batch(args.image_size, args.batch_size, args.device)
         cache: dict = {}
         trainees = {name: build(name, args, bank, cache) for name in MODELS}
-        times: dict[str, list[float]] = {name: [] for name in MODELS}
-        cpu_times: dict[str, list[float]] = {name: [] for name in MODELS}
-        for round_ in range(args.warmup + args.steps):
-            for name, trainee in trainees.items():
-                seconds, cpu_seconds = timed(trainee, batch, args.device)
-                if round_ >= args.warmup:
-                    times[name].append(seconds)
-                    cpu_times[name].append(cpu_seconds)
+        steps = {name: (lambda trainee=trainee: trainee.step(batch)) for name, trainee in trainees.items()}
+        watches = take_turns(steps, args.steps, args.warmup, args.device)
+        times = {name: [watch.wall for watch in values] for name, values in watches.items()}
+        cpu_times = {name: [watch.cpu for watch in values] for name, values in watches.items()}
         for trainee in trainees.values():  # stop the bank workers before the memory processes start
-            if hasattr(trainee.module.augmenter, "_stream"):
-                trainee.module.augmenter._stream = None
-        del trainees, trainee, cache
+            close = getattr(trainee.module.augmenter, "close", None)
+            if callable(close):
+                close()
+        del trainees, steps, cache
 
         results: dict[str, float | int | str] = {
             "device": torch.cuda.get_device_name(args.device) if cuda else f"cpu, {torch.get_num_threads()} threads",

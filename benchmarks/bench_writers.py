@@ -40,9 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CATEGORY, NORMAL, SUPPORT, parser, report
-
-from anomalib_anogen.generate.options import GenerateOptions
+from _common import CATEGORY, SUPPORT, link_images, make_bank, normal_images, parse, parser, report
 
 LOOP_MESSAGE = "rank %d: %d images in %.1f s (%.2f images/s)"  # generate's own log line at the end of its loop
 
@@ -54,13 +52,6 @@ def make_large(folder: Path, files: list[Path], size: tuple[int, int]) -> None:
     folder.mkdir(parents=True)
     for file in files:
         Image.open(file).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(folder / file.name)
-
-
-def link(folder: Path, files: list[Path]) -> None:
-    """Symlinks to the real normal images (the data is never copied)."""
-    folder.mkdir(parents=True)
-    for file in files:
-        (folder / file.name).symlink_to(file)
 
 
 class _LoopTime(logging.Handler):
@@ -77,8 +68,6 @@ class _LoopTime(logging.Handler):
 
 def _child(normal: Path, output: Path, writers: int, args: Any, result: Path) -> None:
     """In the forked child: one ``generate`` run; its loop's images and seconds go to ``result``."""
-    from anomalib_anogen.generate.command import generate
-
     handler = _LoopTime()
     logger = logging.getLogger("anomalib_anogen.generate.run")
     logger.addHandler(handler)
@@ -86,18 +75,15 @@ def _child(normal: Path, output: Path, writers: int, args: Any, result: Path) ->
     for root_handler in logging.getLogger().handlers:
         root_handler.setLevel(logging.WARNING)
     started = time.perf_counter()
-    generate(
-        GenerateOptions(
-            normal=str(normal),
-            output=str(output),
-            backend="paste",
-            support=str(SUPPORT),
-            category=CATEGORY,  # the paper's bottle priors, also for the scratch folders (no category in their path)
-            per_image=args.per_image,
-            samples_per_box=args.samples_per_box,
-            writers=writers,
-            progress=False,
-        )
+    make_bank(
+        output,
+        normal,
+        backend="paste",
+        support=str(SUPPORT),
+        category=CATEGORY,  # the paper's bottle priors, also for the scratch folders (no category in their path)
+        per_image=args.per_image,
+        samples_per_box=args.samples_per_box,
+        writers=writers,
     )
     if handler.found is None:
         msg = "generate logged no end-of-loop line"
@@ -186,21 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--large", default="2448x2048", help="the large size, WIDTHxHEIGHT")
     parser_.add_argument("--writers", type=int, nargs="+", default=[0, 2], help="--writers values to compare")
     parser_.add_argument("--repeats", type=int, default=1, help="rounds of all runs (results are their means)")
-    args = parser_.parse_args(argv)
-    if args.smoke:
-        args.images, args.per_image, args.samples_per_box, args.large, args.repeats = 1, 1, 1, "320x256", 1
+    smoke = {"images": 1, "per_image": 1, "samples_per_box": 1, "large": "320x256", "repeats": 1}
+    args = parse(parser_, argv, smoke)
     width, height = (int(side) for side in args.large.lower().split("x"))
     large_tag = f"{width}x{height}"
 
     import lightning.fabric  # noqa: F401 (imported once here, before the forks, as generate's loop needs it)
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    files = sorted(p for p in NORMAL.iterdir() if p.suffix.lower() == ".png")[: args.images]
+    files = normal_images(args.images)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_writers_") as folder:
         scratch = Path(folder)
         normals = {"256px": scratch / "normal_256"}
-        link(normals["256px"], files)
+        link_images(normals["256px"], files)
         normals[large_tag] = scratch / f"normal_{large_tag}"
         make_large(normals[large_tag], files, (width, height))
         base = run_forked(None, scratch / "idle", 0, args)["peak_rss_mib"]
