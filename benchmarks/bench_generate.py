@@ -94,8 +94,8 @@ def write_embeddings(folder: Path, spec: str) -> dict[str, Any]:
     from anomalib_anogen.core.backbones import load_backbone
     from anomalib_anogen.generate.boxes import load_priors
     from anomalib_anogen.learn.command import token_for
-    from anomalib_anogen.learn.options import DEFAULT_TOKEN
     from anomalib_anogen.learn.embeddings import METADATA_FORMAT, write_embedding_dir
+    from anomalib_anogen.learn.options import DEFAULT_TOKEN
 
     priors, _ = load_priors(None, CATEGORY)
     model = load_backbone(spec, seed=0)
