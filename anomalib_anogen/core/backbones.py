@@ -18,7 +18,6 @@ a model that cannot be found raises :class:`BackboneNotFoundError` with what to 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from collections.abc import Callable
@@ -206,51 +205,42 @@ class Backbone:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenizers generated in code
+# Tokenizers generated in code (transformers' tokenizer classes over a vocabulary made here)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte-to-printable-character table."""
-    codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars = list(codes)
-    extra = 0
-    for byte in range(256):
-        if byte not in codes:
-            codes.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(codes, (chr(c) for c in chars), strict=True))
+def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any:
+    """A ``CLIPTokenizer`` read from a ``vocab.json`` and a ``merges.txt`` written for it, as from a checkpoint."""
+    import tempfile
 
+    from transformers import CLIPTokenizer
 
-def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair until none is known."""
-    while len(pieces) > 1:
-        pairs = [(ranks.get(pair, 1 << 30), i) for i, pair in enumerate(itertools.pairwise(pieces))]
-        rank, i = min(pairs)
-        if rank == 1 << 30:
-            break
-        pieces = [*pieces[:i], pieces[i] + pieces[i + 1], *pieces[i + 2 :]]
-    return pieces
+    with tempfile.TemporaryDirectory(prefix="anogen-tokenizer-") as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
+        (Path(folder) / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
 def build_tiny_clip_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
-    """A CLIP byte-level BPE tokenizer whose merges make every word in ``words`` one token.
+    """A CLIP byte-level BPE tokenizer (transformers' ``CLIPTokenizer``) whose merges make every word one token.
 
-    Merges are added longest word first; a word that another word's merges break apart gets extra merges
-    that join its pieces, until every word is one token (checked with the same BPE rule CLIP uses).
+    The vocabulary starts with the byte-level alphabet of the ``tokenizers`` library in code-point order (CLIP's
+    own order), each character also with CLIP's end-of-word mark ``</w>``. Merges are added longest word first,
+    each word's characters joined left to right; a word that the tokenizer then still splits (another word's
+    merges come first) gets extra merges that join its pieces, until the tokenizer keeps every word whole.
     """
-    from transformers import CLIPTokenizer
+    from tokenizers.pre_tokenizers import ByteLevel
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = sorted(ByteLevel.alphabet())
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(c + "</w>" for c in alphabet)]:
         vocab.setdefault(token, len(vocab))
-    ranks: dict[tuple[str, str], int] = {}
+    merges: dict[tuple[str, str], None] = {}  # in rank order
 
     def join(pieces: list[str]) -> None:
         left = pieces[0]
         for right in pieces[1:]:
-            ranks.setdefault((left, right), len(ranks))
+            merges.setdefault((left, right), None)
             left = left + right
             vocab.setdefault(left, len(vocab))
 
@@ -258,14 +248,15 @@ def build_tiny_clip_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
     for word in todo:
         join([*word[:-1], word[-1] + "</w>"])
     for _ in range(10):
-        broken = [(w, p) for w in todo if len(p := _bpe([*w[:-1], w[-1] + "</w>"], ranks)) > 1]
+        tokenizer = _clip_tokenizer(vocab, list(merges))
+        broken = [pieces for word in todo if len(pieces := tokenizer.tokenize(word)) > 1]
         if not broken:
             break
-        for _word, pieces in broken:
+        for pieces in broken:
             join(pieces)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=list(ranks), model_max_length=77)
+    return _clip_tokenizer(vocab, list(merges))
 
 
 def build_tiny_bert_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
