@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _backbones import register
 from _common import CATEGORY, NORMAL, parser, report
 
 TARGET_SPEEDUP = 20.0
@@ -126,8 +127,7 @@ def run_generate(normal: Path, output: Path, embeddings: Path, batch: int, args:
     """One ``anogen generate`` process: wall seconds, loop seconds (from its log) and records written."""
     command = [
         sys.executable,
-        "-m",
-        "anomalib_anogen.cli",
+        str(Path(__file__).with_name("_backbones.py")),  # the anogen CLI, with sd15-random registered
         "generate",
         f"--normal={normal}",
         f"--output={output}",
@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--unet_repeats", type=int, default=5, help="timed UNet forwards (after 2 warm-up)")
     parser_.add_argument("--peak_tflops", type=float, help="dense bf16 peak (default: from the GPU's name)")
     args = parser_.parse_args(argv)
+    register()  # sd15-random, here and (through _backbones.py) in every timed anogen process
     if args.smoke:
         args.images, args.per_image, args.samples_per_box, args.steps = 1, 1, 1, 2
         args.batch_sizes, args.unet_repeats = args.batch_sizes or [1], 1

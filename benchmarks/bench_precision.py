@@ -39,6 +39,7 @@ import itertools
 import time
 from typing import Any
 
+from _backbones import register
 from _common import parser, report
 
 PRECISIONS = ("bf16", "fp16")
@@ -164,6 +165,7 @@ def main() -> None:
     parser_.add_argument("--seed", type=int, default=0, help="noise seed of the box")
     parser_.add_argument("--prompt", default="a photo of a defect", help="the conditional prompt")
     args = parser_.parse_args()
+    register()  # sd15-random (benchmarks/_backbones.py): not one of the package's backbones
     if args.smoke:
         args.backbone, args.resolution, args.steps = "tiny", 64, 3
 

@@ -5,15 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomalib_anogen.core import backbones
 from anomalib_anogen.core.backbones import (
+    BUILTIN_BACKBONES,
     TINY_WORDS,
     build_tiny,
     build_tiny_clip_tokenizer,
     build_tiny_ldm,
     load_backbone,
-    sd15_configs,
 )
 from anomalib_anogen.core.errors import BackboneNotFoundError
+
+from .helpers.data import benchmark_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,11 +90,11 @@ def test_missing_local_backbone_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_sd15_random_has_stable_diffusion_15_shapes() -> None:
-    """Built on the meta device: the exact parameter counts of SD 1.5 without allocating 4 GB."""
+    """The benchmarks' sd15-random, built on the meta device: SD 1.5's exact parameter counts without 4 GB."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    configs = sd15_configs()
+    configs = benchmark_module("_backbones").sd15_configs()
     with torch.device("meta"):
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
@@ -100,3 +103,13 @@ def test_sd15_random_has_stable_diffusion_15_shapes() -> None:
     assert count(unet) == 859_520_964
     assert count(vae) == 83_653_863
     assert count(text) == 123_060_480
+
+
+def test_sd15_random_is_not_a_product_backbone_until_a_benchmark_registers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "sd15-random" not in BUILTIN_BACKBONES
+    with pytest.raises(BackboneNotFoundError, match=r"not a built-in \(tiny, tiny-ldm\)"):
+        load_backbone("sd15-random")
+    monkeypatch.setattr(backbones, "BUILTIN_BACKBONES", dict(BUILTIN_BACKBONES))  # registered in this test only
+    module = benchmark_module("_backbones")
+    module.register()
+    assert backbones.BUILTIN_BACKBONES["sd15-random"] is module.build_sd15_random

@@ -6,7 +6,6 @@ UNet, VAE, noise scheduler) behind one small interface, whatever the checkpoint'
 * ``tiny``: the Stable Diffusion architecture at toy size with random weights and a tokenizer whose
   vocabulary is generated in code, so tests and demos run with no download (64 px, 8x8 latents);
 * ``tiny-ldm``: the same in the paper's LDM format (LDMBert text encoder, BERT word-piece tokenizer);
-* ``sd15-random``: Stable Diffusion 1.5's exact shapes with random weights, for speed benchmarks;
 * a local folder or hub id of a diffusers Stable Diffusion 1.x/2.x pipeline (text-to-image or inpainting);
 * a local folder or hub id of a diffusers ``LDMTextToImagePipeline``, the paper's "txt2img-f8-large"
   (``CompVis/ldm-text2im-large-256``: LDMBert, hidden size 1280, 256 px).
@@ -398,88 +397,10 @@ def build_tiny_ldm(seed: int = 0) -> Backbone:
     return _seeded(seed, build)
 
 
-def sd15_configs() -> dict[str, dict[str, Any]]:
-    """Stable Diffusion 1.5's UNet, VAE and CLIP text encoder configs (as in runwayml/stable-diffusion-v1-5)."""
-    return {
-        "unet": {
-            "sample_size": 64,
-            "in_channels": 4,
-            "out_channels": 4,
-            "center_input_sample": False,
-            "flip_sin_to_cos": True,
-            "freq_shift": 0,
-            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            "block_out_channels": [320, 640, 1280, 1280],
-            "layers_per_block": 2,
-            "downsample_padding": 1,
-            "mid_block_scale_factor": 1,
-            "act_fn": "silu",
-            "norm_num_groups": 32,
-            "norm_eps": 1e-5,
-            "cross_attention_dim": 768,
-            "attention_head_dim": 8,
-        },
-        "vae": {
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "block_out_channels": [128, 256, 512, 512],
-            "layers_per_block": 2,
-            "act_fn": "silu",
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "sample_size": 512,
-        },
-        "text_encoder": {
-            "vocab_size": 49408,
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-            "projection_dim": 768,
-        },
-    }
-
-
-def build_sd15_random(seed: int = 0) -> Backbone:
-    """Stable Diffusion 1.5's exact shapes (860M UNet, 123M text encoder, 84M VAE) with random weights."""
-
-    def build() -> Backbone:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        configs = sd15_configs()
-        tokenizer = build_tiny_clip_tokenizer()  # ids fit inside SD 1.5's 49408-row table
-        text_config = CLIPTextConfig(
-            **configs["text_encoder"],
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return Backbone(
-            spec="sd15-random",
-            kind="sd",
-            tokenizer=tokenizer,
-            text_encoder=CLIPTextModel(text_config),
-            unet=UNet2DConditionModel(**configs["unet"]),
-            vae=AutoencoderKL(**configs["vae"]),
-            noise_scheduler=_ddpm(),
-            source="builtin",
-            seed=seed,
-        )
-
-    return _seeded(seed, build)
-
-
+# What --backbone accepts by name. The speed benchmarks add their own (sd15-random, benchmarks/_backbones.py).
 BUILTIN_BACKBONES: dict[str, Callable[[int], Backbone]] = {
     "tiny": build_tiny,
     "tiny-ldm": build_tiny_ldm,
-    "sd15-random": build_sd15_random,
 }
 
 
