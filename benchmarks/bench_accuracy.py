@@ -318,6 +318,20 @@ def adam_with_draem_milestones(module: Any, learning_rate: float) -> Callable[[]
     return configure_optimizers
 
 
+def setup_with_draem_rotation(module: Any) -> Callable[[str], None]:
+    """The model's ``setup``, then DRAEM's rotation on its generator in place of DeSTSeg's (the old mix's row)."""
+    from anomalib_anogen.data.generators.rotation import DRAEM_ROTATION
+
+    setup = module.setup
+
+    def setup_then_draem(stage: str) -> None:
+        setup(stage)
+        if stage == "fit":
+            module.augmenter.rotation = DRAEM_ROTATION
+
+    return setup_then_draem
+
+
 def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
     """The LightningModule of one row, with the seed's initial DRAEM weights where it is a DRAEM."""
     from anomalib.models import Draem
@@ -360,15 +374,11 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
             **extra,
             **common,
         )
-    # Through the spec, not model.augmenter: building the generator here would make Destseg.setup skip DeSTSeg's
-    # per-category rotation (it is set only on a generator not built yet).
     if hasattr(model, "generator_spec"):
         model.generator_spec = model.generator_spec.with_options(num_workers=args.workers)
     if row.get("mix") == "old":  # DestsegWeak before 2026-12-07: DRAEM's mix and rotation
-        from anomalib_anogen.data.generators.rotation import DRAEM_ROTATION
-
-        old = model.generator_spec.with_options(clean_share=OLD_CLEAN_SHARE, **DRAEM_ROTATION.options())
-        model.augmenter = old.build()  # built now, so Destseg.setup leaves DRAEM's rotation in place
+        model.generator_spec = model.generator_spec.with_options(clean_share=OLD_CLEAN_SHARE)
+        model.setup = setup_with_draem_rotation(model)
     if kind in {"draem", "draem_weak"}:  # the same initial network for every DRAEM row of a seed
         seed_everything(seed, workers=True)
         model.model.load_state_dict(draem_network(args).state_dict())
