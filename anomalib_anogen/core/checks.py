@@ -2,7 +2,7 @@
 
 Every command checks its numbers with :func:`check_number` before any work and before it creates any output,
 so ``--max_images 0`` or ``--feather -3`` end with ``error: --max_images must be an integer >= 1 (...; got 0)``
-instead of being accepted silently (``--max_images 0`` used to mean every image).
+instead of being accepted silently.
 """
 
 from __future__ import annotations
