@@ -136,9 +136,14 @@ def learn_embeddings(output: Path, backbone: str, steps: int) -> Path:
 
 
 def generate_command(normal: Path, output: Path, **options: Any) -> list[str]:
-    """The ``anogen generate`` command line (one fresh process) with ``--name=value`` for each option."""
+    """The ``anogen generate`` command line (one fresh process) with ``--name=value`` for each option.
+
+    It runs the anogen CLI through ``benchmarks/_backbones.py``, which first registers the benchmark-only
+    ``sd15-random`` backbone.
+    """
     flags = [f"--{name}={value}" for name, value in options.items()]
-    return [sys.executable, "-m", "anomalib_anogen.cli", "generate", f"--normal={normal}", f"--output={output}", *flags]
+    cli = str(Path(__file__).with_name("_backbones.py"))
+    return [sys.executable, cli, "generate", f"--normal={normal}", f"--output={output}", *flags]
 
 
 # ----------------------------------------------------------------------------------------- timing

@@ -326,8 +326,6 @@ def build_model(row: dict[str, Any], args: Any, seed: int) -> Any:
             **extra,
             **common,
         )
-    # Through the spec, not model.augmenter: building the generator here would make Destseg.setup skip DeSTSeg's
-    # per-category rotation (it is set only on a generator not built yet).
     if hasattr(model, "generator_spec"):
         model.generator_spec = model.generator_spec.with_options(num_workers=args.workers)
     if "adjust" in row:

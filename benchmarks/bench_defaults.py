@@ -90,11 +90,22 @@ def parse_args(argv: list[str] | None) -> Any:
 
 
 def old_mix(model: Any) -> None:
-    """``DestsegWeak`` before 2026-12-07: DRAEM's mix (half the bank draws the clean image) and rotation."""
+    """``DestsegWeak`` before 2026-12-07: DRAEM's mix (half the bank draws the clean image) and rotation.
+
+    The clean share goes into the generator's spec; DRAEM's rotation replaces DeSTSeg's once the model's own
+    ``setup`` has given the generator the category's rotation.
+    """
     from anomalib_anogen.data.generators.rotation import DRAEM_ROTATION
 
-    old = model.generator_spec.with_options(clean_share=OLD_CLEAN_SHARE, **DRAEM_ROTATION.options())
-    model.augmenter = old.build()  # built now, so Destseg.setup leaves DRAEM's rotation in place
+    model.generator_spec = model.generator_spec.with_options(clean_share=OLD_CLEAN_SHARE)
+    setup = model.setup
+
+    def setup_then_draem_rotation(stage: str) -> None:
+        setup(stage)
+        if stage == "fit":
+            model.augmenter.rotation = DRAEM_ROTATION
+
+    model.setup = setup_then_draem_rotation
 
 
 def compare_rows(args: Any, workdir: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _backbones import register
 from _common import (
     CATEGORY,
     Stopwatch,
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(
         parser_, argv, smoke={"images": 1, "per_image": 1, "samples_per_box": 1, "steps": 2, "unet_repeats": 1}
     )
+    register()  # sd15-random (benchmarks/_backbones.py): not one of the package's backbones
     if args.smoke:
         args.batch_sizes = args.batch_sizes or [1]
     gpu = args.device == "cuda"

@@ -506,20 +506,15 @@ def main(argv: list[str] | None = None) -> int:
         "batch": 1,
     }
     results["load_avg_1min_start"] = os.getloadavg()[0]  # other processes slow torch's OpenMP far more than OV
-    home = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as scratch_:
         scratch = Path(scratch_)
-        os.chdir(scratch)  # anything written to the working directory (e.g. openvino_cache) goes here
-        try:
-            for name in args.models:
-                seed_everything(0, verbose=False)
-                stride = args.test_stride or (3 if name == "draem" else 1)
-                items = test_items(size, stride)
-                labels = [int(item.gt_label) for item in items]
-                results[f"{name}_test_images"] = f"{labels.count(0)}+{labels.count(1)} anom"
-                results |= bench(name, args, size, scratch, items)
-        finally:
-            os.chdir(home)
+        for name in args.models:
+            seed_everything(0, verbose=False)
+            stride = args.test_stride or (3 if name == "draem" else 1)
+            items = test_items(size, stride)
+            labels = [int(item.gt_label) for item in items]
+            results[f"{name}_test_images"] = f"{labels.count(0)}+{labels.count(1)} anom"
+            results |= bench(name, args, size, scratch, items)
     results["load_avg_1min_end"] = os.getloadavg()[0]
     results["wall_s"] = time.perf_counter() - started
     trained = [name for name in args.models if not checkpoint_of(name, args)]

@@ -39,6 +39,7 @@ import itertools
 import sys
 from typing import Any
 
+from _backbones import register
 from _common import Stopwatch, parse, parser, report
 
 PRECISIONS = ("bf16", "fp16")
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser_.add_argument("--seed", type=int, default=0, help="noise seed of the box")
     parser_.add_argument("--prompt", default="a photo of a defect", help="the conditional prompt")
     args = parse(parser_, argv, smoke={"backbone": "tiny", "resolution": 64, "steps": 3})
+    register()  # sd15-random (benchmarks/_backbones.py): not one of the package's backbones
 
     import torch
     from diffusers.utils import logging as diffusers_logging

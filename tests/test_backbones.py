@@ -5,8 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalib_anogen.core.backbones import TINY_WORDS, build_tiny, build_tiny_ldm, load_backbone, sd15_configs
+from anomalib_anogen.core import backbones
+from anomalib_anogen.core.backbones import (
+    BUILTIN_BACKBONES,
+    TINY_WORDS,
+    build_tiny,
+    build_tiny_clip_tokenizer,
+    build_tiny_ldm,
+    load_backbone,
+)
 from anomalib_anogen.core.errors import BackboneNotFoundError
+
+from .helpers.data import benchmark_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,6 +36,28 @@ def test_tiny_is_deterministic_and_tokenises_words_as_single_tokens() -> None:
         "defect</w>",
     ]
     assert first.resolution == 64 and first.vae_scale_factor == 8 and not first.inpainting
+
+
+def test_tiny_clip_tokenizer_keeps_its_vocabulary_merges_and_ids() -> None:
+    """Banks made with ``tiny`` stay byte-identical only with these exact ids (pinned to the ones they were made with).
+
+    764 tokens and 256 merges: the byte-level alphabet first in CLIP's order, the special tokens last.
+    """
+    import hashlib
+    import json
+
+    tokenizer = build_tiny_clip_tokenizer()
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    assert (len(vocab), len(merges)) == (764, 256)
+    assert [token for token, _ in vocab[:3]] == ["!", '"', "#"]
+    assert vocab[-2:] == [("<|startoftext|>", 762), ("<|endoftext|>", 763)]
+    digest = hashlib.sha256(json.dumps([vocab, merges]).encode()).hexdigest()
+    assert digest == "cd87fe1546a8218ec3a1fdc46da6f2d698672d59841b3b6f8399398928dcf3d9"
+    assert tokenizer("a photo of a defect").input_ids == [762, 320, 677, 759, 320, 626, 763]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.model_max_length) == (
+        762, 763, 763, 77,
+    )  # fmt: skip
 
 
 def test_tiny_saved_as_sd_pipeline_loads_back_by_path(tmp_path: Path) -> None:
@@ -58,11 +90,11 @@ def test_missing_local_backbone_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_sd15_random_has_stable_diffusion_15_shapes() -> None:
-    """Built on the meta device: the exact parameter counts of SD 1.5 without allocating 4 GB."""
+    """The benchmarks' sd15-random, built on the meta device: SD 1.5's exact parameter counts without 4 GB."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    configs = sd15_configs()
+    configs = benchmark_module("_backbones").sd15_configs()
     with torch.device("meta"):
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
@@ -71,3 +103,13 @@ def test_sd15_random_has_stable_diffusion_15_shapes() -> None:
     assert count(unet) == 859_520_964
     assert count(vae) == 83_653_863
     assert count(text) == 123_060_480
+
+
+def test_sd15_random_is_not_a_product_backbone_until_a_benchmark_registers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "sd15-random" not in BUILTIN_BACKBONES
+    with pytest.raises(BackboneNotFoundError, match=r"not a built-in \(tiny, tiny-ldm\)"):
+        load_backbone("sd15-random")
+    monkeypatch.setattr(backbones, "BUILTIN_BACKBONES", dict(BUILTIN_BACKBONES))  # registered in this test only
+    module = benchmark_module("_backbones")
+    module.register()
+    assert backbones.BUILTIN_BACKBONES["sd15-random"] is module.build_sd15_random

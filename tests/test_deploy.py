@@ -5,6 +5,7 @@ which checks only what the default *is*. Run the suite with ``ANOGEN_TEST_OPENVI
 to prove it (see conftest.py).
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -160,9 +161,16 @@ def test_deployable_export_runs_through_anomalibs_inferencer_at_the_chosen_preci
 ) -> None:
     """load_inferencer = OpenVINOInferencer(config=openvino_config(...)); its outputs are torch's, normalised."""
     monkeypatch.chdir(tmp_path)
+
+    def no_chdir(path: object) -> None:
+        msg = f"load_inferencer changed the working directory (to {path})"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(os, "chdir", no_chdir)  # a line-PC program's threads share the working directory
     inferencer = load_inferencer(deployed.xml, precision="f32")
     assert not (tmp_path / "openvino_cache").exists()  # anomalib's ./openvino_cache goes beside the model
     assert (deployed.xml.parent / "openvino_cache").is_dir()
+    assert any((deployed.xml.parent / "openvino_cache").iterdir())  # OpenVINO's compiled blob (CACHE_DIR)
     assert inferencer.model.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     raw_inferencer = load_inferencer(deployed.raw_xml, precision="f32")
     image = deployed.images[-1]
@@ -174,6 +182,7 @@ def test_deployable_export_runs_through_anomalibs_inferencer_at_the_chosen_preci
     assert prediction.pred_label is not None and prediction.pred_score is not None
     difference = np.abs(np.asarray(raw_prediction.anomaly_map) - raw_reference.anomaly_map.numpy()).max()
     assert difference < 1e-5
+    assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
 
 
 def test_cpu_default_precision_is_reported(deployed: Deployed) -> None:

@@ -111,6 +111,37 @@ def test_destseg_does_not_rotate_transistors_or_unknown_products() -> None:
         assert not model.augmenter.rotation.active
 
 
+def test_destseg_rotation_reaches_a_generator_built_before_setup(tmp_path: Path) -> None:
+    """Fit setup gives a generator built before it the category's rotation, as it gives one that setup builds.
+
+    (A script that sets the bank's loader workers on ``model.augmenter`` builds the generator early.)
+    """
+    from anomalib_anogen.data.toy import make_toy_category
+
+    category = make_toy_category(tmp_path / "toy", size=32, n_train=2, n_test_good=1, n_test_per_defect=1)
+    bank = tmp_path / "bank"
+    make_bank(bank, sorted((category / "train" / "good").glob("*.png")))
+    makers = (small_destseg, lambda: small_destseg(DestsegWeak, generator="anogen", bank_dir=bank))
+    expected = Rotation(1.0, 5.0, True, 114 / 255)  # bottle: a quarter turn and +-5 degrees
+    for make in makers:
+        early, late = make(), make()
+        built = early.augmenter  # before the category is known
+        assert built.rotation != expected
+        for model in (early, late):
+            model._trainer = datamodule("bottle")
+            model.setup("fit")
+        assert early.augmenter is built
+        assert built.rotation == late.augmenter.rotation == expected
+        assert early.generator_spec == late.generator_spec
+    perlin = makers[0]()
+    perlin.augmenter  # noqa: B018 - built first
+    perlin._trainer = datamodule("bottle")
+    perlin.setup("fit")
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    assert not torch.allclose(perlin.synthesize(images).target, images)  # every sample turned
+
+
 def test_destseg_rotation_is_checked() -> None:
     with pytest.raises(ModelArgumentError, match=r"^rotation must be 'auto'"):
         small_destseg(rotation="sideways")

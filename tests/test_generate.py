@@ -508,25 +508,31 @@ def test_bottle_config_runs_with_the_paste_backend(tmp_path: Path, monkeypatch: 
     assert len(load_bank(output)) == len(DEFECTS)
 
 
-# The keys of bank.json's settings before GenerateSettings existed (a dict built in generate()); a bank made
-# without --priors auto and --placement must keep exactly these, or banks made before would not --resume.
-OLD_COMMON_KEYS = {
+# What each backend's bank.json settings hold (not null); every other field of GenerateSettings is recorded as null.
+COMMON_KEYS = {
     "backend", "normal", "sources", "sources_sha256", "defects", "priors", "foreground", "min_foreground",
     "max_tries", "per_image", "samples_per_box", "resolution", "seed", "keep_outside", "feather",
 }  # fmt: skip
-OLD_DIFFUSION_KEYS = {
+DIFFUSION_KEYS = {
     "backbone", "backbone_sha256", "embeddings", "steps", "guidance", "eta", "batch_size", "precision",
 }  # fmt: skip
-OLD_PASTE_KEYS = {"support", "blend"}
+PASTE_KEYS = {"support", "blend"}
 
 
-def test_typed_settings_write_the_settings_of_older_banks(paste_bank: Path, diffusion_bank: Path) -> None:
+def test_bank_json_records_every_setting_and_null_where_it_does_not_apply(
+    paste_bank: Path, diffusion_bank: Path
+) -> None:
+    from dataclasses import fields
+
     from anomalib_anogen.generate.bank_writer import settings_sha256
     from anomalib_anogen.generate.settings import GenerateSettings
 
-    for bank, extra in ((paste_bank, OLD_PASTE_KEYS), (diffusion_bank, OLD_DIFFUSION_KEYS)):
+    every = {field.name for field in fields(GenerateSettings)}
+    assert every == COMMON_KEYS | DIFFUSION_KEYS | PASTE_KEYS | {"priors_auto", "placement"}
+    for bank, used in ((paste_bank, PASTE_KEYS), (diffusion_bank, DIFFUSION_KEYS)):
         summary = json.loads((bank / "bank.json").read_text())
-        assert set(summary["settings"]) == OLD_COMMON_KEYS | extra
+        assert set(summary["settings"]) == every
+        assert {key for key, value in summary["settings"].items() if value is not None} == COMMON_KEYS | used
         typed = GenerateSettings(**summary["settings"])
         assert typed.to_json() == summary["settings"]
         assert settings_sha256(typed.to_json()) == summary["settings_sha256"]

@@ -468,11 +468,6 @@ def test_rerun_refuses_embeddings_learned_with_other_prompt_templates(
         ):
             learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))
 
-    meta = json.loads(meta_file.read_text())
-    del meta["prompt_templates"]  # an embedding learned before the templates were recorded (with the first 27)
-    meta_file.write_text(json.dumps(meta))
-    with pytest.raises(AnogenInputError, match=r"prompt templates \(learned with an anogen that did not record"):
-        learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], **FAST))
     written = learn(LearnOptions(support=str(support), output=str(output), defects=["crack"], overwrite=True, **FAST))
     assert json.loads((written[0] / METADATA_FILE).read_text())["prompt_templates"]["sha256"] == templates_sha256()
 

@@ -59,8 +59,8 @@ def test_own_product_from_support_anomalies_to_an_openvino_export(tmp_path: Path
     log = run(server, tmp_path, *generate, "--output", "runs/bank")
     assert "--priors auto: dent: width" in log
     settings = json.loads((tmp_path / "runs" / "bank" / "bank.json").read_text())["settings"]
-    assert set(settings["priors"]) == set(PRODUCT_DEFECTS) and "priors_auto" in settings
-    assert settings["foreground"] == "border" and "placement" not in settings
+    assert set(settings["priors"]) == set(PRODUCT_DEFECTS) and settings["priors_auto"] is not None
+    assert settings["foreground"] == "border" and settings["placement"] is None
 
     # without --priors: no shipped priors for this path, so auto, with a log line (and no --category needed)
     log = run(server, tmp_path, *[w for w in generate if w != "auto" and w != "--priors"], "--output", "runs/same")

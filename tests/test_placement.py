@@ -128,14 +128,15 @@ def test_one_roi_for_every_defect_and_the_foreground_too(widget_inputs: dict[str
         assert abs(foreground_mask(image, rule)[inside].mean() - record["foreground_fraction"]) < 1e-3
 
 
-def test_a_bank_without_placement_or_auto_priors_keeps_its_old_settings(
+def test_a_bank_without_placement_or_auto_priors_records_them_as_null(
     widget_inputs: dict[str, str], tmp_path: Path
 ) -> None:
-    """No new keys in bank.json or the records: banks made before these options stay resumable."""
+    """bank.json records every setting, null where an option is not used; the records get no placement keys."""
     priors = tmp_path / "priors.json"
     priors.write_text(json.dumps({d: [[0.1, 0.3], [0.1, 0.3], True] for d in DEFECT_TYPES}))
     bank = paste_bank(widget_inputs, tmp_path / "bank", priors=str(priors))
-    assert not {"placement", "priors_auto"} & set(settings_of(bank))
+    settings = settings_of(bank)
+    assert (settings["placement"], settings["priors_auto"]) == (None, None)
     assert not {"placement", "placement_fraction"} & set(manifest(bank)[0])
 
 
@@ -274,11 +275,11 @@ def test_a_path_without_a_category_falls_back_to_auto_and_a_file_wins(
     with caplog.at_level(logging.INFO):
         bank = paste_bank(widget_inputs, tmp_path / "auto")  # no --priors, no --category, no MVTec name in the path
     assert "deriving them from the support masks (--priors auto)" in caplog.text
-    assert "priors_auto" in settings_of(bank)
+    assert settings_of(bank)["priors_auto"] is not None
     priors = tmp_path / "priors.json"
     priors.write_text(json.dumps({d: [[0.1, 0.2], [0.1, 0.2], False] for d in DEFECT_TYPES}))
     bank = paste_bank(widget_inputs, tmp_path / "file", priors=str(priors))
-    assert "priors_auto" not in settings_of(bank)
+    assert settings_of(bank)["priors_auto"] is None
     assert settings_of(bank)["priors"] == {d: [[0.1, 0.2], [0.1, 0.2], False] for d in DEFECT_TYPES}
 
 

@@ -6,7 +6,6 @@ UNet, VAE, noise scheduler) behind one small interface, whatever the checkpoint'
 * ``tiny``: the Stable Diffusion architecture at toy size with random weights and a tokenizer whose
   vocabulary is generated in code, so tests and demos run with no download (64 px, 8x8 latents);
 * ``tiny-ldm``: the same in the paper's LDM format (LDMBert text encoder, BERT word-piece tokenizer);
-* ``sd15-random``: Stable Diffusion 1.5's exact shapes with random weights, for speed benchmarks;
 * a local folder or hub id of a diffusers Stable Diffusion 1.x/2.x pipeline (text-to-image or inpainting);
 * a local folder or hub id of a diffusers ``LDMTextToImagePipeline``, the paper's "txt2img-f8-large"
   (``CompVis/ldm-text2im-large-256``: LDMBert, hidden size 1280, 256 px).
@@ -18,7 +17,6 @@ a model that cannot be found raises :class:`BackboneNotFoundError` with what to 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from collections.abc import Callable
@@ -206,51 +204,42 @@ class Backbone:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tokenizers generated in code
+# Tokenizers generated in code (transformers' tokenizer classes over a vocabulary made here)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte-to-printable-character table."""
-    codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars = list(codes)
-    extra = 0
-    for byte in range(256):
-        if byte not in codes:
-            codes.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(codes, (chr(c) for c in chars), strict=True))
+def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any:
+    """A ``CLIPTokenizer`` read from a ``vocab.json`` and a ``merges.txt`` written for it, as from a checkpoint."""
+    import tempfile
 
+    from transformers import CLIPTokenizer
 
-def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair until none is known."""
-    while len(pieces) > 1:
-        pairs = [(ranks.get(pair, 1 << 30), i) for i, pair in enumerate(itertools.pairwise(pieces))]
-        rank, i = min(pairs)
-        if rank == 1 << 30:
-            break
-        pieces = [*pieces[:i], pieces[i] + pieces[i + 1], *pieces[i + 2 :]]
-    return pieces
+    with tempfile.TemporaryDirectory(prefix="anogen-tokenizer-") as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
+        (Path(folder) / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
 def build_tiny_clip_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
-    """A CLIP byte-level BPE tokenizer whose merges make every word in ``words`` one token.
+    """A CLIP byte-level BPE tokenizer (transformers' ``CLIPTokenizer``) whose merges make every word one token.
 
-    Merges are added longest word first; a word that another word's merges break apart gets extra merges
-    that join its pieces, until every word is one token (checked with the same BPE rule CLIP uses).
+    The vocabulary starts with the byte-level alphabet of the ``tokenizers`` library in code-point order (CLIP's
+    own order), each character also with CLIP's end-of-word mark ``</w>``. Merges are added longest word first,
+    each word's characters joined left to right; a word that the tokenizer then still splits (another word's
+    merges come first) gets extra merges that join its pieces, until the tokenizer keeps every word whole.
     """
-    from transformers import CLIPTokenizer
+    from tokenizers.pre_tokenizers import ByteLevel
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = sorted(ByteLevel.alphabet())
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(c + "</w>" for c in alphabet)]:
         vocab.setdefault(token, len(vocab))
-    ranks: dict[tuple[str, str], int] = {}
+    merges: dict[tuple[str, str], None] = {}  # in rank order
 
     def join(pieces: list[str]) -> None:
         left = pieces[0]
         for right in pieces[1:]:
-            ranks.setdefault((left, right), len(ranks))
+            merges.setdefault((left, right), None)
             left = left + right
             vocab.setdefault(left, len(vocab))
 
@@ -258,14 +247,15 @@ def build_tiny_clip_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
     for word in todo:
         join([*word[:-1], word[-1] + "</w>"])
     for _ in range(10):
-        broken = [(w, p) for w in todo if len(p := _bpe([*w[:-1], w[-1] + "</w>"], ranks)) > 1]
+        tokenizer = _clip_tokenizer(vocab, list(merges))
+        broken = [pieces for word in todo if len(pieces := tokenizer.tokenize(word)) > 1]
         if not broken:
             break
-        for _word, pieces in broken:
+        for pieces in broken:
             join(pieces)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=list(ranks), model_max_length=77)
+    return _clip_tokenizer(vocab, list(merges))
 
 
 def build_tiny_bert_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
@@ -407,88 +397,10 @@ def build_tiny_ldm(seed: int = 0) -> Backbone:
     return _seeded(seed, build)
 
 
-def sd15_configs() -> dict[str, dict[str, Any]]:
-    """Stable Diffusion 1.5's UNet, VAE and CLIP text encoder configs (as in runwayml/stable-diffusion-v1-5)."""
-    return {
-        "unet": {
-            "sample_size": 64,
-            "in_channels": 4,
-            "out_channels": 4,
-            "center_input_sample": False,
-            "flip_sin_to_cos": True,
-            "freq_shift": 0,
-            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            "block_out_channels": [320, 640, 1280, 1280],
-            "layers_per_block": 2,
-            "downsample_padding": 1,
-            "mid_block_scale_factor": 1,
-            "act_fn": "silu",
-            "norm_num_groups": 32,
-            "norm_eps": 1e-5,
-            "cross_attention_dim": 768,
-            "attention_head_dim": 8,
-        },
-        "vae": {
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4,
-            "block_out_channels": [128, 256, 512, 512],
-            "layers_per_block": 2,
-            "act_fn": "silu",
-            "latent_channels": 4,
-            "norm_num_groups": 32,
-            "sample_size": 512,
-        },
-        "text_encoder": {
-            "vocab_size": 49408,
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-            "projection_dim": 768,
-        },
-    }
-
-
-def build_sd15_random(seed: int = 0) -> Backbone:
-    """Stable Diffusion 1.5's exact shapes (860M UNet, 123M text encoder, 84M VAE) with random weights."""
-
-    def build() -> Backbone:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        configs = sd15_configs()
-        tokenizer = build_tiny_clip_tokenizer()  # ids fit inside SD 1.5's 49408-row table
-        text_config = CLIPTextConfig(
-            **configs["text_encoder"],
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return Backbone(
-            spec="sd15-random",
-            kind="sd",
-            tokenizer=tokenizer,
-            text_encoder=CLIPTextModel(text_config),
-            unet=UNet2DConditionModel(**configs["unet"]),
-            vae=AutoencoderKL(**configs["vae"]),
-            noise_scheduler=_ddpm(),
-            source="builtin",
-            seed=seed,
-        )
-
-    return _seeded(seed, build)
-
-
+# What --backbone accepts by name. The speed benchmarks add their own (sd15-random, benchmarks/_backbones.py).
 BUILTIN_BACKBONES: dict[str, Callable[[int], Backbone]] = {
     "tiny": build_tiny,
     "tiny-ldm": build_tiny_ldm,
-    "sd15-random": build_sd15_random,
 }
 
 

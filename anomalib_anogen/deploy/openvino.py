@@ -47,24 +47,22 @@ def openvino_config(precision: str = "f32", **properties: Any) -> dict[str, Any]
     return {"INFERENCE_PRECISION_HINT": precision, **properties}
 
 
+CACHE_FOLDER = "openvino_cache"  # OpenVINO's compiled-model cache, beside the model it caches
+
+
 def load_inferencer(path: str | Path, precision: str = "f32", device: str = "CPU") -> "OpenVINOInferencer":
     """Anomalib's ``OpenVINOInferencer`` for ``path`` with the inference precision set explicitly.
 
-    anomalib's inferencer keeps OpenVINO's compiled-model cache in ``./openvino_cache`` of the current
-    directory; here it goes beside the model instead (``<model folder>/openvino_cache``).
+    OpenVINO's compiled-model cache goes beside the model (``<model folder>/openvino_cache``, OpenVINO's
+    ``CACHE_DIR`` in the compile config) instead of anomalib's ``./openvino_cache`` of the current directory:
+    nothing is written to the current directory, and the working directory is never changed (a program with
+    threads may rely on it).
     """
-    import os
+    from ._inferencer import Inferencer
 
-    from anomalib.deploy import OpenVINOInferencer
-
-    config = openvino_config(precision)
     path = Path(path).resolve()
-    working_directory = Path.cwd()
-    os.chdir(path.parent)
-    try:
-        return OpenVINOInferencer(path=path, device=device, config=config)
-    finally:
-        os.chdir(working_directory)
+    config = openvino_config(precision, CACHE_DIR=str(path.parent / CACHE_FOLDER))
+    return Inferencer(path=path, device=device, config=config)
 
 
 def compiled_precision(compiled: "openvino.CompiledModel") -> str:

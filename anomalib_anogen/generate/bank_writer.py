@@ -29,12 +29,14 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from anomalib_anogen import __version__
 from anomalib_anogen.core.errors import AnogenInputError, BankWriteError
@@ -130,19 +132,28 @@ def check_bank_output(output: Path, settings: dict[str, Any], resume: bool, over
 
 
 class BankLock:
-    """One writer per bank: an exclusive ``flock`` on ``<bank>/bank.lock``, which names the process holding it.
+    """One writer per bank: an exclusive :class:`filelock.FileLock` on ``<bank>/bank.lock``, which names its holder.
 
     Taken before any work (creating the folder: a folder that cannot be written fails here, naming it) and
-    released however the run ends (error, Ctrl-C). The kernel drops the ``flock`` of a process that dies, even
-    by ``kill -9``, so the lock file such a run leaves behind is free and is taken over with a warning; a lock
-    that a live process holds makes a second run fail, naming that process and the lock file. The lock file
-    is removed at the end and is never part of the bank (nor of its settings or resume identity).
+    released however the run ends (error, Ctrl-C). The lock is the operating system's (``flock`` on Unix,
+    ``LockFileEx`` on Windows), which it drops for a process that dies, even by ``kill -9``: the lock file such a
+    run leaves behind is free and is taken over with a warning; a lock that a live process holds makes a second
+    run fail, naming that process and the lock file. The lock file is removed at the end and is never part of the
+    bank (nor of its settings or resume identity).
+
+    Who holds it (pid, host, start, command: one JSON line) is written into the lock file by the holder, through
+    the locked descriptor, right after it won the lock; a contender opens the file without truncating it and
+    reads the record. The record starts with a newline at byte 0, the one byte that Windows' ``LockFileEx`` keeps
+    unreadable to others. The previous holder's record is read before the lock is taken (a filelock that
+    truncates the file it has won would erase it) and reported only when it is the file that was then won.
+    The lock lasts until :meth:`release` or the end of the process, even when this object is dropped.
     """
 
     def __init__(self, output: Path) -> None:
         self.output = output
         self.path = output / LOCK_NAME
-        self._descriptor: int | None = None
+        self._lock: FileLock | None = None
+        self._identity: tuple[int, int] | None = None
         self._created: list[Path] = []
 
     def __enter__(self) -> BankLock:
@@ -155,9 +166,30 @@ class BankLock:
     def acquire(self) -> None:
         """Take the lock (or raise :class:`AnogenInputError` naming the folder, or the process holding it)."""
         self._created = make_folder(self.output, "--output")
+        left = _read_holder(self.path)
+        lock = FileLock(
+            self.path,
+            blocking=False,
+            thread_local=False,
+            fallback_to_soft=False,  # an existence lock cannot tell a killed run's file from a live one's
+            on_acquired=lambda descriptor: self._record(descriptor, left),
+        )
         try:
-            self._descriptor = self._lock()
+            lock.acquire()
+        except Timeout:
+            remove_created(self._created)
+            holder = _read_holder(self.path)
+            msg = (
+                f"{self.output}: another anogen generate is writing this bank "
+                f"({_describe_holder(holder[1] if holder else {})}; lock file {self.path}); "
+                "wait for it to end, or stop it and run again"
+            )
+            raise AnogenInputError(msg) from None
         except OSError as error:
+            if left is None:  # the lock file this attempt created (a file system without locks, a failed write)
+                with suppress(OSError):
+                    if self.path.stat().st_size == 0:
+                        self.path.unlink()
             remove_created(self._created)
             msg = (
                 f"{self.output}: cannot write the --output folder ({error.strerror or error}: {self.path}); "
@@ -167,12 +199,17 @@ class BankLock:
         except BaseException:
             remove_created(self._created)
             raise
-        previous = _holder(self._descriptor)
-        if previous:
+        self._lock = lock
+        _HELD.add(lock)
+
+    def _record(self, descriptor: int, left: tuple[tuple[int, int], dict[str, Any]] | None) -> None:
+        """Called by filelock with the won lock's descriptor: warn of a taken-over lock, then name this process."""
+        self._identity = _identity(os.fstat(descriptor))
+        if left is not None and left[0] == self._identity and left[1]:
             logger.warning(
                 "%s: taking over the lock left by %s, which no longer holds it (a killed or crashed run)",
                 self.path,
-                _describe_holder(previous),
+                _describe_holder(left[1]),
             )
         record = {
             "pid": os.getpid(),
@@ -180,64 +217,59 @@ class BankLock:
             "started": datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": shlex.join(sys.argv),
         }
-        try:
-            os.ftruncate(self._descriptor, 0)
-            os.pwrite(self._descriptor, (json.dumps(record) + "\n").encode(), 0)
-        except BaseException:
-            self.release()
-            raise
-
-    def _lock(self) -> int:
-        import fcntl
-
-        while True:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(descriptor)
-                os.close(descriptor)
-                msg = (
-                    f"{self.output}: another anogen generate is writing this bank ({_describe_holder(holder)}; "
-                    f"lock file {self.path}); wait for it to end, or stop it and run again"
-                )
-                raise AnogenInputError(msg) from None
-            except BaseException:
-                os.close(descriptor)
-                raise
-            if _same_file(self.path, descriptor):
-                return descriptor
-            os.close(descriptor)  # its holder removed the file between our open and our lock: open the new one
+        os.ftruncate(descriptor, 0)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, ("\n" + json.dumps(record) + "\n").encode())
 
     def release(self) -> None:
         """Remove the lock file and drop the lock; remove the folders it created if the run wrote nothing."""
-        if self._descriptor is None:
+        lock, self._lock = self._lock, None
+        if lock is None:
             return
         try:
-            if _same_file(self.path, self._descriptor):
-                self.path.unlink()
+            # Removed while still held (a contender then makes a new file), and only if it is still ours. Windows
+            # cannot remove an open file: there filelock removes it once released.
+            with suppress(OSError):
+                if _identity(os.stat(self.path)) == self._identity:
+                    self.path.unlink()
         finally:
-            os.close(self._descriptor)
-            self._descriptor = None
+            _HELD.discard(lock)
+            lock.release()
             remove_created(self._created)
 
 
-def _same_file(path: Path, descriptor: int) -> bool:
+# The locks this process holds: each stays held until BankLock.release (or the process ends), as a kernel lock on a
+# descriptor left open would, even if its BankLock is dropped (filelock releases a lock that is garbage-collected).
+_HELD: set[FileLock] = set()
+
+
+def _identity(found: os.stat_result) -> tuple[int, int]:
+    return found.st_dev, found.st_ino
+
+
+def _read_holder(path: Path) -> tuple[tuple[int, int], dict[str, Any]] | None:
+    """The identity of the lock file at ``path`` and what it says about its holder (``{}`` when empty or unreadable).
+
+    ``None`` when there is no lock file. On Windows the holder's lock makes byte 0 (a newline) unreadable: the
+    record is then read from byte 1.
+    """
     try:
-        found = os.stat(path)
+        with path.open("rb", buffering=0) as file:
+            identity = _identity(os.fstat(file.fileno()))
+            try:
+                data = file.read(1 << 16)
+            except OSError:
+                file.seek(1)
+                data = file.read(1 << 16)
     except FileNotFoundError:
-        return False
-    held = os.fstat(descriptor)
-    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
-
-
-def _holder(descriptor: int) -> dict[str, Any]:
-    """What a lock file says about its holder (``{}`` when empty or unreadable)."""
+        return None
+    except OSError:
+        return (0, 0), {}
     try:
-        data = json.loads(os.pread(descriptor, 1 << 16, 0).decode("utf-8", errors="replace") or "{}")
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        record = json.loads(data.decode("utf-8", errors="replace") or "{}")
+    except json.JSONDecodeError:
+        return identity, {}
+    return identity, record if isinstance(record, dict) else {}
 
 
 def _describe_holder(holder: dict[str, Any]) -> str:

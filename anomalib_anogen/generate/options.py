@@ -43,7 +43,8 @@ class GenerateOptions:
         output: Bank folder: images/<defect>/<id>.png, masks/<defect>/<id>_mask.png, manifest.jsonl, bank.json;
             bank.lock while a run writes it (a second run on the same bank is refused).
         embeddings: Folder of learned embeddings (<defect>/learned_embeds.safetensors, from `anogen learn`).
-        backbone: The backbone the embeddings were learned on (default: the one their metadata names).
+        backbone: The backbone the embeddings were learned on (default: the one their metadata names): tiny |
+            tiny-ldm (built in, random weights) | a diffusers SD 1.x/2.x or LDMTextToImagePipeline folder or hub id.
         revision: Hub revision when --backbone is a hub id.
         backend: diffusion (the paper: blended latent diffusion with the learned tokens) | paste (real support
             anomalies cut by their masks and blended in; no model weights).

@@ -1,13 +1,12 @@
 """What defines an anomaly bank's content: the settings of one ``anogen generate`` run.
 
-``bank.json`` records them (``settings``) with their sha256, and ``--resume`` continues a bank only when they are
-the same. The optional fields are left out of the JSON when they are not used, so a bank made before an option
-existed keeps its settings, and its hash, and still resumes.
+``bank.json`` records them (``settings``, every field, ``null`` where a field does not apply) with their sha256, and
+``--resume`` continues a bank only when they are the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -30,7 +29,7 @@ class GenerateSettings:
     seed: int
     keep_outside: bool
     feather: float  # pixels
-    # Only when used:
+    # None when not used:
     priors_auto: dict[str, Any] | None = None  # --priors auto: how the priors were derived
     placement: dict[str, Any] | None = None  # --placement: Placement.describe()
     # Diffusion backend only:
@@ -52,6 +51,5 @@ class GenerateSettings:
         return self.backend == "diffusion"
 
     def to_json(self) -> dict[str, Any]:
-        """``bank.json``'s ``settings``: every field, less the optional ones that are not used."""
-        optional = {f.name for f in fields(self) if f.default is None}
-        return {key: value for key, value in asdict(self).items() if value is not None or key not in optional}
+        """``bank.json``'s ``settings``: every field (``None`` where it does not apply)."""
+        return asdict(self)

@@ -148,9 +148,8 @@ _BACKBONE_SETTINGS = ("backbone", "resolution")
 def _settings(metadata: dict[str, Any]) -> dict[str, Any]:
     """What makes a finished embedding the one this run would learn, from its metadata.
 
-    Every hyper-parameter, the token, the prompt templates (by sha256; None before they were recorded), the
-    support files by relative name and content, and the backbone's weights; not where the support folder or
-    the backbone lie.
+    Every hyper-parameter, the token, the prompt templates (by sha256), the support files by relative name and
+    content, and the backbone's weights; not where the support folder or the backbone lie.
     """
     hyper = metadata.get("hyperparameters") or {}
     support = metadata.get("support") or {}
@@ -197,14 +196,9 @@ def _refuse_if_different(folder: Path, old: dict[str, Any], new: dict[str, Any],
             changed.append(_support_changes(before.get(key) or [], now[key]))
         elif key == "prompt templates":
             was, now_templates = old.get("prompt_templates") or {}, new.get("prompt_templates") or {}
-            learned = (
-                f"{was.get('count')} templates, sha256 {str(before.get(key))[:12]}..."
-                if before.get(key)
-                else "an anogen that did not record them: the first 27 of the authors' 81"
-            )
             changed.append(
-                f"prompt templates (learned with {learned}; now {now_templates.get('count')} templates, "
-                f"sha256 {str(now[key])[:12]}...)"
+                f"prompt templates (learned with {was.get('count')} templates, sha256 {str(before.get(key))[:12]}...; "
+                f"now {now_templates.get('count')} templates, sha256 {str(now[key])[:12]}...)"
             )
         elif key == "backbone":
             recorded = (old.get("backbone") or {}).get("id")

@@ -83,7 +83,8 @@ class LearnOptions:
         support: Support folder: <defect>/<name>.png with <defect>/<name>_mask.png, or an MVTec category
             (test/<defect>/ with ground_truth/<defect>/), from which --shots images per defect are drawn.
         output: Folder that receives <defect>/learned_embeds.safetensors and <defect>/anogen_embedding.json.
-        backbone: tiny | tiny-ldm | a diffusers SD 1.x/2.x or LDMTextToImagePipeline folder or hub id.
+        backbone: tiny | tiny-ldm (built in, random weights) | a diffusers SD 1.x/2.x or LDMTextToImagePipeline
+            folder or hub id.
         revision: Hub revision (branch, tag or commit) when --backbone is a hub id.
         defects: Only these defect types (default: every one found).
         shots: Support images per defect, 1 or more (default: all in the support layout, 3 in the MVTec layout).

@@ -1,8 +1,11 @@
 """The real data beside the checkout (paths and skip markers) and the toy inputs the tests write themselves."""
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from PIL import Image
@@ -15,6 +18,17 @@ BOTTLE = SHARED / "MVTecAD" / "bottle"
 DTD = SHARED / "dtd" / "images"
 SUPPORT_BOTTLE = SHARED / "support" / "bottle"
 RELEASED_EMBEDDINGS = SHARED / "anogen_reference" / "released_embeddings"
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    key = f"benchmarks.{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def needs_shared_bottle() -> pytest.MarkDecorator:

@@ -156,21 +156,33 @@ class Destseg(SyntheticAnomalyModel, AnomalibModule):
         self.automatic_optimization = False  # two optimisers, one per phase, stepped by hand
 
     def setup(self, stage: str) -> None:
-        """At fit start, give the generator DeSTSeg's rotation for this category, then build it."""
-        if stage == "fit" and "augmenter" not in self._modules:
-            datamodule = getattr(self._trainer, "datamodule", None)  # None when setup is called without a trainer
-            category = getattr(datamodule, "category", None)
-            rule = resolve_rotation_rule(self.rotation, category)
-            if self.rotation == "auto":
-                logger.info(
-                    "%s: rotation 'auto' for category %r: %s (%s)",
-                    type(self).__name__,
-                    category,
-                    rule,
-                    ROTATION_RULES[rule],
-                )
-            self.generator_spec = self.generator_spec.with_options(**destseg_rotation(rule).options())
+        """At fit start, give the generator DeSTSeg's rotation for this category, built yet or not.
+
+        The rule is resolved here, where the datamodule's category is known, and set in one place for both: on
+        the spec that builds the generator, and on a generator already built (or assigned) before fitting.
+        """
+        if stage == "fit":
+            rotation = destseg_rotation(self._rotation_rule())
+            self.generator_spec = self.generator_spec.with_options(**rotation.options())
+            built = self._modules.get("augmenter")
+            if built is not None and hasattr(built, "rotation"):
+                built.rotation = rotation
         super().setup(stage)
+
+    def _rotation_rule(self) -> str:
+        """``none``, ``slight`` or ``full``: the ``rotation`` argument, ``auto`` resolved for the fit's category."""
+        datamodule = getattr(self._trainer, "datamodule", None)  # None when setup is called without a trainer
+        category = getattr(datamodule, "category", None)
+        rule = resolve_rotation_rule(self.rotation, category)
+        if self.rotation == "auto":
+            logger.info(
+                "%s: rotation 'auto' for category %r: %s (%s)",
+                type(self).__name__,
+                category,
+                rule,
+                ROTATION_RULES[rule],
+            )
+        return rule
 
     def synthesize(self, images: torch.Tensor) -> SyntheticBatch:
         """Put synthetic anomalies into a batch of normal images, with mask kinds and reconstruction targets."""
