@@ -1,7 +1,9 @@
 """What a synthetic-anomaly source hands to a weakly-supervised model for one training batch."""
 
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -46,3 +48,10 @@ def resolve_dtd_dir(dtd_dir: Path | str | None, argument: str = "dtd_dir") -> Pa
         msg = f"{argument}: folder '{path}' holds no images ({', '.join(sorted(IMG_EXTENSIONS))}). {hint}"
         raise ModelArgumentError(msg)
     return path
+
+
+def bound_arguments(cls: type, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``arguments`` of ``cls(...)`` with its signature's defaults filled in (a ``TypeError`` if they do not fit)."""
+    bound = inspect.signature(cls).bind_partial(**arguments)
+    bound.apply_defaults()
+    return dict(bound.arguments)

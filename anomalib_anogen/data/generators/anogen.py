@@ -30,7 +30,7 @@ from anomalib_anogen.core.checks import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INT
 from anomalib_anogen.data.bank import BankRecord, load_bank, unfinished_bank, unfinished_bank_error
 from anomalib_anogen.data.generators.perlin import PerlinGenerator
 from anomalib_anogen.data.generators.rotation import Rotation
-from anomalib_anogen.data.synthetic import SyntheticBatch
+from anomalib_anogen.data.synthetic import SyntheticBatch, bound_arguments
 
 NEVER_ENDING = 2**62
 
@@ -61,6 +61,13 @@ class BankDataset(Dataset):
         source = tvf.resize(source, self.size, antialias=True).float() / 255
         mask = (tvf.resize(mask, self.size, interpolation=InterpolationMode.NEAREST) > 127).float()
         return image, mask, source
+
+
+def _numbers(bank_probability: float, clean_share: float, num_workers: int, prefetch: int) -> None:
+    check_argument("bank_probability", bank_probability, UNIT_INTERVAL)
+    check_argument("clean_share", clean_share, UNIT_INTERVAL)
+    check_argument("num_workers", num_workers, NON_NEGATIVE_INT)
+    check_argument("prefetch", prefetch, POSITIVE_INT)
 
 
 class AnoGenAnomalyGenerator(nn.Module):
@@ -108,7 +115,7 @@ class AnoGenAnomalyGenerator(nn.Module):
         allow_incomplete_bank: bool = False,
     ) -> None:
         super().__init__()
-        self.check_arguments(bank_probability, clean_share, num_workers, prefetch)
+        _numbers(bank_probability, clean_share, num_workers, prefetch)
         self.bank_probability, self.clean_share = float(bank_probability), float(clean_share)
         self.rotation = Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
         self.num_workers, self.prefetch = int(num_workers), int(prefetch)
@@ -130,27 +137,13 @@ class AnoGenAnomalyGenerator(nn.Module):
         self._stream_size: tuple[int, int] | None = None
         self._pending: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
 
-    @staticmethod
-    def check_arguments(
-        bank_probability: float = 0.5,
-        clean_share: float = 0.5,
-        num_workers: int = 2,
-        prefetch: int = 8,
-        rotation_probability: float = 0.3,
-        rotation_degrees: float = 90.0,
-        rotation_quarter_turns: bool = False,
-        rotation_fill: float = 0.0,
-        probability: float = 0.5,
-        blend_factor: float | tuple[float, float] | list[float] = (0.2, 1.0),
-        **_: object,
-    ) -> None:
+    @classmethod
+    def check_arguments(cls, **arguments: Any) -> None:
         """Check the numbers without reading the bank (a model checks its generator choice this way when built)."""
-        check_argument("bank_probability", bank_probability, UNIT_INTERVAL)
-        check_argument("clean_share", clean_share, UNIT_INTERVAL)
-        check_argument("num_workers", num_workers, NON_NEGATIVE_INT)
-        check_argument("prefetch", prefetch, POSITIVE_INT)
-        Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
-        PerlinGenerator.check_arguments(probability, blend_factor)
+        given = bound_arguments(cls, arguments)
+        _numbers(given["bank_probability"], given["clean_share"], given["num_workers"], given["prefetch"])
+        Rotation.of(given)
+        PerlinGenerator.check_arguments(probability=given["probability"], blend_factor=given["blend_factor"])
 
     def __getstate__(self) -> dict[str, Any]:
         """Worker iterators cannot be pickled or deep-copied; a copy starts its own."""

@@ -1,6 +1,7 @@
 """anomalib's Perlin/DTD generator, speaking the weakly-supervised models' ``generate`` contract too."""
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
@@ -8,7 +9,17 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from anomalib_anogen.arguments import check_argument, check_blend
 from anomalib_anogen.core.checks import UNIT_INTERVAL
 from anomalib_anogen.data.generators.rotation import Rotation
-from anomalib_anogen.data.synthetic import SyntheticBatch, resolve_dtd_dir
+from anomalib_anogen.data.synthetic import SyntheticBatch, bound_arguments, resolve_dtd_dir
+
+
+def _numbers(
+    probability: float, blend_factor: float | tuple[float, float] | list[float]
+) -> tuple[float, float | tuple[float, float]]:
+    """The probability and the blend factor, checked under the models' names (anomaly_probability, beta).
+
+    A blend range comes back as a tuple: configs give lists, anomalib's generator samples only from a tuple.
+    """
+    return check_argument("anomaly_probability", probability, UNIT_INTERVAL), check_blend("beta", blend_factor)
 
 
 class PerlinGenerator(PerlinAnomalyGenerator):
@@ -33,31 +44,19 @@ class PerlinGenerator(PerlinAnomalyGenerator):
         rotation_quarter_turns: bool = False,
         rotation_fill: float = 0.0,
     ) -> None:
-        probability, blend = self.check_arguments(probability, blend_factor)
+        probability, blend = _numbers(probability, blend_factor)
         rotation = Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
         super().__init__(
             anomaly_source_path=resolve_dtd_dir(dtd_dir, "dtd_dir"), probability=probability, blend_factor=blend
         )
         self.rotation = rotation
 
-    @staticmethod
-    def check_arguments(
-        probability: float = 0.5,
-        blend_factor: float | tuple[float, float] | list[float] = (0.2, 1.0),
-        rotation_probability: float = 0.0,
-        rotation_degrees: float = 0.0,
-        rotation_quarter_turns: bool = False,
-        rotation_fill: float = 0.0,
-        **_: object,
-    ) -> tuple[float, float | tuple[float, float]]:
-        """Check the numbers without reading any file; returns the probability and the blend factor.
-
-        A model checks its generator choice this way when it is built. A blend range comes back as a tuple
-        (configs give lists; anomalib's generator samples only from a tuple). The messages use the models' names
-        (anomaly_probability, beta).
-        """
-        Rotation(rotation_probability, rotation_degrees, rotation_quarter_turns, rotation_fill)
-        return check_argument("anomaly_probability", probability, UNIT_INTERVAL), check_blend("beta", blend_factor)
+    @classmethod
+    def check_arguments(cls, **arguments: Any) -> None:
+        """Check the numbers without reading any file (a model checks its generator choice this way when built)."""
+        given = bound_arguments(cls, arguments)
+        _numbers(given["probability"], given["blend_factor"])
+        Rotation.of(given)
 
     def generate(self, images: torch.Tensor) -> SyntheticBatch:
         """Perlin/DTD anomalies: exact masks, the (rotated) batch image is the reconstruction target."""

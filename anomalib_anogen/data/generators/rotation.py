@@ -8,8 +8,11 @@ wood, zipper and cable, and not at all for the others, where a turned part *is* 
 transistor turned 90° is "misplaced"). Uncovered corners get grey 114 (of 255).
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
@@ -52,6 +55,16 @@ class Rotation:
     degrees: float = 0.0
     quarter_turns: bool = False
     fill: float = 0.0
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> Rotation:
+        """The rotation a generator's ``rotation_*`` arguments describe (checked)."""
+        return cls(
+            arguments["rotation_probability"],
+            arguments["rotation_degrees"],
+            arguments["rotation_quarter_turns"],
+            arguments["rotation_fill"],
+        )
 
     def __post_init__(self) -> None:
         check_argument("rotation_probability", self.probability, UNIT_INTERVAL)
