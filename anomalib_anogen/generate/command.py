@@ -90,7 +90,9 @@ def bank_settings(options: GenerateOptions, inputs: Inputs) -> GenerateSettings:
             name: [[sha256_file(c.source.pair.image), sha256_file(c.source.pair.mask)] for c in sources.cutouts[name]]
             for name in inputs.defects
         }
-        return GenerateSettings(**common, support=support, blend=options.blend)
+        from anomalib_anogen.generate.backends.paste import PASTE_VERSION
+
+        return GenerateSettings(**common, support=support, blend=options.blend, paste_version=PASTE_VERSION)
     import torch
 
     from anomalib_anogen.core.devices import resolve_precision, wants_cuda

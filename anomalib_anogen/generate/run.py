@@ -89,7 +89,7 @@ def run(job: Job, options: GenerateOptions) -> Path:
     try:
         for chunk in mine:
             cache.forget_before(chunk[0].source.index)
-            boxes = [_box(item, cache, job.priors, settings) for item in chunk]
+            boxes = [_box(item, cache, job.priors, settings, maker) for item in chunk]
             made = maker.make(chunk, boxes, cache)
             for item, placed, (image, mask, extra) in zip(chunk, boxes, made, strict=True):
                 if item.record_id in done:
@@ -126,8 +126,13 @@ def _bar(total: int, enabled: bool, rank: int, world: int) -> Any:
     return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True, disable=not enabled, position=rank)
 
 
-def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settings: GenerateSettings) -> PlacedBox:
-    """The record's box: shared by the samples of one box, drawn from (seed, image, defect, box index)."""
+def _box(
+    item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settings: GenerateSettings, maker: Maker
+) -> PlacedBox:
+    """The record's box: shared by the samples of one box, drawn from (seed, image, defect, box index).
+
+    Where the backend says so (paste), the box has the shape of the defect it will hold.
+    """
     box_index = item.box_index
     key = (item.source.index, item.defect, box_index)
     if key not in cache.boxes:
@@ -139,6 +144,7 @@ def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settin
             rng,
             settings.min_foreground,
             settings.max_tries,
+            maker.box_shape(item),
         )
         if cache.placement is not None:  # accepted on the placement region; the foreground share is recorded too
             inside = box_mask(placed.box, settings.resolution) > 0

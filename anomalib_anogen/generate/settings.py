@@ -45,6 +45,7 @@ class GenerateSettings:
     # Paste backend only:
     support: dict[str, list[list[str]]] | None = None  # defect -> [[image sha256, mask sha256], ...]
     blend: str | None = None
+    paste_version: int | None = None  # 2: boxes of the cut-out's aspect ratio, brightness-only jitter (none: 1)
 
     @property
     def diffusion(self) -> bool:
