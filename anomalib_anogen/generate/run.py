@@ -23,6 +23,7 @@ from anomalib_anogen.generate.bank_writer import BankWriter, NormalCopy
 from anomalib_anogen.generate.boxes import BoxPrior, PlacedBox, box_mask, derived_seed, sample_box
 from anomalib_anogen.generate.options import GenerateOptions
 from anomalib_anogen.generate.placement import Placement
+from anomalib_anogen.generate.quality import QualityGate, rejections
 from anomalib_anogen.generate.settings import GenerateSettings
 from anomalib_anogen.generate.work import SourceCache, WorkItem, chunks_for_rank, chunks_of
 
@@ -53,6 +54,7 @@ class Job:
         output: The bank folder.
         mode: What happens to the bank first: ``new``, ``resume``, ``overwrite``, or ``worker`` (ranks > 0).
         maker: Builds the backend on the device a rank runs on.
+        gate: Measures every record and marks those it rejects (generate/quality.py).
     """
 
     settings: GenerateSettings
@@ -62,6 +64,7 @@ class Job:
     output: Path
     mode: str
     maker: Callable[[torch.device], Maker]
+    gate: QualityGate
 
 
 def run(job: Job, options: GenerateOptions) -> Path:
@@ -73,7 +76,7 @@ def run(job: Job, options: GenerateOptions) -> Path:
     accelerator, devices = (options.accelerator, options.devices) if settings.diffusion else ("cpu", 1)
     fabric = launch_fabric(accelerator, devices, len(chunks), options.num_nodes)  # paste: one CPU process per node
     order = {item.record_id: item.order for item in job.items}
-    writer = BankWriter(job.output, settings.to_json(), options.writers)
+    writer = BankWriter(job.output, settings.to_json(), options.writers, job.gate.summary)
     if fabric.global_rank == 0:
         writer.prepare(job.mode, order)
     fabric.barrier()
@@ -97,6 +100,9 @@ def run(job: Job, options: GenerateOptions) -> Path:
                 resized = item.source.size != (resolution, resolution)
                 copy = writer.normal_copy(item.source.stem, cache.image(item.source)) if resized else None
                 record = _record(item, placed, settings, copy, extra)
+                record |= job.gate.judge(
+                    item.defect, image, cache.image(item.source), mask, cache.region(item.source, item.defect)
+                )
                 writer.submit(record, image, mask, copy)  # encoded and written while the next images are made
                 fallbacks += int(record["box_fallback"])
                 written += 1
@@ -116,6 +122,9 @@ def run(job: Job, options: GenerateOptions) -> Path:
     if fabric.global_rank == 0:
         records = writer.finish(order)
         logger.info("%s: bank of %d records (%s)", job.output, len(records), ", ".join(settings.defects))
+        rejected = rejections(records)
+        if rejected:
+            logger.warning("%s; the `anogen` generator skips them (docs/quality.md, `anogen show --worst`)", rejected)
     return job.output
 
 

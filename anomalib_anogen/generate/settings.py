@@ -33,6 +33,7 @@ class GenerateSettings:
     # Only when used:
     priors_auto: dict[str, Any] | None = None  # --priors auto: how the priors were derived
     placement: dict[str, Any] | None = None  # --placement: Placement.describe()
+    quality: dict[str, Any] | None = None  # the quality gate where it is not the default (see command.quality_gate)
     # Diffusion backend only:
     backbone: str | None = None
     backbone_sha256: str | None = None
