@@ -28,6 +28,7 @@ from anomalib_anogen.data.bank import MANIFEST_NAME, QUALITY_NAME, BankError, Ba
 from anomalib_anogen.generate.bank_writer import read_summary
 from anomalib_anogen.generate.quality import (
     MEASURES,
+    NormalImage,
     QualityGate,
     Reference,
     check_limits,
@@ -218,21 +219,23 @@ def measure_bank(
     }
     judge = QualityGate(references, gate, **limits)
     rule, templates, with_foreground = _regions(summary, resolution)
-    foregrounds: dict[Path, np.ndarray] = {}
+    normals: dict[Path, tuple[np.ndarray, np.ndarray, NormalImage]] = {}
     result = CheckResult(folder, judge, references_from=where)
     for record in records:
-        image, normal = _rgb(record.image), _rgb(record.source)
+        image = _rgb(record.image)
+        if record.source not in normals:
+            normals.clear()  # the records of one source follow each other (image-major work list)
+            normal = _rgb(record.source)
+            normals[record.source] = (normal, foreground_mask(normal, rule), NormalImage.of(normal))
+        normal, foreground, prepared = normals[record.source]
         if normal.shape != image.shape:
             msg = f"{record.source}: {normal.shape[1]}x{normal.shape[0]}, not the size of its record {record.image}"
             raise AnogenInputError(msg)
         mask = np.asarray(Image.open(record.mask).convert("L"))
-        if record.source not in foregrounds:
-            foregrounds.clear()  # the records of one source follow each other (image-major work list)
-            foregrounds[record.source] = foreground_mask(normal, rule)
-        region = foregrounds[record.source]
+        region = foreground
         if record.defect in templates:
             region = templates[record.defect] & region if with_foreground else templates[record.defect]
-        measures = measure(image, normal, mask, region, references[record.defect].contrast)
+        measures = measure(image, prepared, mask, region, references[record.defect].contrast)
         verdict = judge.decide(record.defect, measures)
         result.records[record.record_id] = {
             "defect": record.defect,

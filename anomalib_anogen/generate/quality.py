@@ -63,9 +63,25 @@ def lab(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
 
-def change_map(image: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """Per pixel ΔE (CIE76) between two uint8 RGB images of one size, float32 H x W."""
-    return np.linalg.norm(lab(image) - lab(normal), axis=-1)
+def _distance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per pixel Euclidean distance of two H x W x 3 float arrays, float32 H x W."""
+    difference = first - second
+    return np.sqrt(np.einsum("ijk,ijk->ij", difference, difference))
+
+
+def change_map(image: np.ndarray, normal: np.ndarray | NormalImage) -> np.ndarray:
+    """Per pixel ΔE (CIE76) between two uint8 RGB images of one size, float32 H x W.
+
+    Only the pixels that differ are converted (0 elsewhere, as they would be): a paste record costs its box.
+    """
+    prepared = normal if isinstance(normal, NormalImage) else NormalImage.of(normal)
+    changed = np.any(image != prepared.rgb, axis=-1)
+    change = np.zeros(changed.shape, np.float32)
+    if changed.any():
+        pixels = lab(image[changed][None])[0]
+        difference = pixels - prepared.lab[changed]
+        change[changed] = np.sqrt(np.einsum("ij,ij->i", difference, difference))
+    return change
 
 
 def concentration(change: np.ndarray, where: np.ndarray) -> float:
@@ -77,9 +93,25 @@ def concentration(change: np.ndarray, where: np.ndarray) -> float:
 
 def image_contrast(normal: np.ndarray) -> float:
     """The image's own contrast: the mean ΔE of its pixels from its median colour (at least the floor)."""
-    colours = lab(normal).reshape(-1, 3)
-    spread = float(np.linalg.norm(colours - np.median(colours, axis=0), axis=-1).mean())
-    return max(MIN_IMAGE_CONTRAST, spread)
+    return NormalImage.of(normal).contrast
+
+
+@dataclass(frozen=True)
+class NormalImage:
+    """What the measures need of a normal image, computed once for all its records: its Lab and contrast."""
+
+    rgb: np.ndarray
+    lab: np.ndarray
+    contrast: float
+
+    @classmethod
+    def of(cls, normal: np.ndarray) -> NormalImage:
+        """The normal image, its Lab and its contrast (:func:`image_contrast`)."""
+        rgb = np.ascontiguousarray(normal, dtype=np.uint8)
+        colours = lab(rgb)
+        median = np.median(colours.reshape(-1, 3), axis=0).astype(np.float32)
+        spread = float(_distance(colours, median[None, None]).mean(dtype=np.float64))
+        return cls(rgb, colours, max(MIN_IMAGE_CONTRAST, spread))
 
 
 @dataclass(frozen=True)
@@ -103,23 +135,30 @@ class Measures:
         }
 
 
-def measure(image: np.ndarray, normal: np.ndarray, mask: np.ndarray, region: np.ndarray, contrast: float) -> Measures:
+def measure(
+    image: np.ndarray,
+    normal: np.ndarray | NormalImage,
+    mask: np.ndarray,
+    region: np.ndarray,
+    contrast: float,
+) -> Measures:
     """The measures of one record.
 
     Args:
         image: The generated image (uint8 H x W x 3).
-        normal: Its normal source at the same size.
+        normal: Its normal source at the same size (or :meth:`NormalImage.of` it, shared by its records).
         mask: The box (H x W, > 0 inside).
         region: Where the part is (bool H x W): the foreground, or the placement region.
         contrast: The defect type's reference ΔE (:attr:`Reference.contrast`).
     """
-    change = change_map(image, normal)
+    prepared = normal if isinstance(normal, NormalImage) else NormalImage.of(normal)
+    change = change_map(np.asarray(image, dtype=np.uint8), prepared)
     inside = mask > 0
     total = float(change[inside].sum(dtype=np.float64))
     typical = concentration(change, inside)
     on_object = float(change[inside & region].sum(dtype=np.float64)) / total if total > 0 else 1.0
     outside = float(change[~inside].mean(dtype=np.float64)) if (~inside).any() else 0.0
-    return Measures(typical / contrast, on_object, outside / image_contrast(normal), typical, outside)
+    return Measures(typical / contrast, on_object, outside / prepared.contrast, typical, outside)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,6 +343,13 @@ class QualityGate:
         self.references = references
         self.enabled = enabled
         self.overrides = {"min_visibility": min_visibility, "min_on_object": min_on_object, "max_leak": max_leak}
+        self._normal: tuple[np.ndarray, NormalImage] | None = None  # the last normal image: its records follow
+
+    def prepared(self, normal: np.ndarray) -> NormalImage:
+        """``normal``'s Lab and contrast, computed once while its records follow each other (the same array)."""
+        if self._normal is None or self._normal[0] is not normal:
+            self._normal = (normal, NormalImage.of(normal))
+        return self._normal[1]
 
     def limits(self, defect: str) -> Limits:
         """The defect type's limits: the overrides where given, else the defaults."""
@@ -333,7 +379,8 @@ class QualityGate:
         self, defect: str, image: np.ndarray, normal: np.ndarray, mask: np.ndarray, region: np.ndarray
     ) -> dict[str, Any]:
         """One record's measures and verdict, as the fields its manifest record gets (see :meth:`Verdict.fields`)."""
-        return self.decide(defect, measure(image, normal, mask, region, self.references[defect].contrast)).fields()
+        measures = measure(image, self.prepared(normal), mask, region, self.references[defect].contrast)
+        return self.decide(defect, measures).fields()
 
     def describe(self) -> dict[str, Any]:
         """The gate as bank.json records it: on or off, and each defect's reference and limits."""
