@@ -55,7 +55,7 @@ class CheckOptions:
         gate: Judge the records (false: measure only, reject nothing).
         min_visibility: Override of the visibility limit, >= 0 (default: the bank's own, else derived).
         min_on_object: Override of the on-object limit, 0 to 1 (default: the bank's own, else derived).
-        max_leak: Override of the leak limit, >= 0 (default: the bank's own, else 0.1).
+        max_leak: Override of the leak limit, >= 0 (default: the bank's own, else 0.25).
         write: Write the measures and verdicts to BANK/quality.json, which the `anogen` generator then follows.
     """
 

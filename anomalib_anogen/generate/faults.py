@@ -7,7 +7,7 @@ that users of anomaly generators report most:
   "hole" image without a hole;
 * ``off_object``: the box's content (the generated defect with its surroundings) moved, with its box, onto the
   background, shrunk where it does not fit there: a mask on the background;
-* ``leak``: Gaussian noise (``noise`` grey levels) over the whole frame: an image changed outside its box.
+* ``leak``: Gaussian noise (``noise``, 16 grey levels) over the whole frame: an image changed outside its box.
 
 Records are chosen by a seeded permutation, each faulted at most once. The copy's manifest holds the new
 hashes (and the moved box) of every faulted record, with ``fault: {kind, ...}`` and without the ``quality`` the
@@ -34,7 +34,7 @@ from anomalib_anogen.data.bank import MANIFEST_NAME, QUALITY_NAME, SUMMARY_NAME,
 FAULTS = ("invisible", "off_object", "leak")
 FAULTS_NAME = "faults.json"
 OPACITY = 0.05  # invisible: the defect's share in the faulty image
-NOISE = 8.0  # leak: the noise's standard deviation in grey levels
+NOISE = 16.0  # leak: the noise's standard deviation in grey levels
 BACKGROUND_SHARE = 0.9  # off_object: share of the moved box that must lie on the background
 SHRINK = (1.0, 0.75, 0.5, 0.35, 0.25)  # off_object: scales tried, largest first, until the box fits there
 

@@ -98,7 +98,7 @@ class GenerateOptions:
         min_on_object: Reject a record with less than this share of its change on the part, 0 to 1 (default:
             derived from the support anomalies).
         max_leak: Reject a record whose mean change outside the box exceeds this share of the image's contrast,
-            >= 0 (default 0.1).
+            >= 0 (default 0.25).
     """
 
     normal: str

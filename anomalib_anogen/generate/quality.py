@@ -48,7 +48,9 @@ MIN_IMAGE_CONTRAST = 5.0  # ΔE: the floor of an image's contrast (a flat image 
 # Derived limits
 VISIBILITY_SHARE = 0.35  # min_visibility = this share of the faintest support anomaly's visibility
 ON_OBJECT_SHARE = 0.5  # min_on_object = this share of the least on-object support anomaly's on_object
-MAX_LEAK = 0.1  # max_leak: the mean change outside the box, as a share of the image's contrast
+# max_leak: the mean change outside the box as a share of the image's contrast. A VAE that softens the whole frame
+# like a 1.5 px Gaussian blur scores about 0.06 on the bottle; the `tiny` backbone's random VAE 1.5.
+MAX_LEAK = 0.25
 FIXED_MIN_VISIBILITY = 0.3  # without a support set: c >= 3 ΔE
 FIXED_MIN_ON_OBJECT = 0.5
 MEASURES = ("visibility", "on_object", "leak")
@@ -467,4 +469,9 @@ def rejections(records: list[dict[str, Any]]) -> str | None:
         for reason in record.get("rejected_for") or ():
             reasons[reason] = reasons.get(reason, 0) + 1
     detail = ", ".join(f"{name} {count}" for name, count in sorted(reasons.items()))
-    return f"quality gate: rejected {len(rejected)} of {len(records)} records ({detail})"
+    message = f"quality gate: rejected {len(rejected)} of {len(records)} records ({detail})"
+    if len(rejected) == len(records):
+        message += ": the whole bank, a detector cannot train on it"
+        if reasons.get("leak") == len(records) and records[0].get("keep_outside") is False:
+            message += " (every pixel passed through the VAE: --keep_outside true keeps the image outside the box)"
+    return message
