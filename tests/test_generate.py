@@ -185,8 +185,12 @@ def test_boxes_respect_the_priors_and_the_foreground_rule(paste_bank: Path, diff
     for bank in (paste_bank, diffusion_bank):
         for record in manifest(bank):
             prior, box, size = priors[record["defect"]], record["box"], record["resolution"]
-            assert prior.width[0] * size - 0.01 <= box["w"] <= prior.width[1] * size + 0.01
-            assert prior.height[0] * size - 0.01 <= box["h"] <= prior.height[1] * size + 0.01
+            if bank == diffusion_bank:  # the paper: width and height drawn from their ranges
+                assert prior.width[0] * size - 0.01 <= box["w"] <= prior.width[1] * size + 0.01
+                assert prior.height[0] * size - 0.01 <= box["h"] <= prior.height[1] * size + 0.01
+            else:  # paste: the area of such a draw, in the shape of the cut-out it holds (test_quality.py)
+                area = box["w"] * box["h"] / size**2
+                assert prior.width[0] * prior.height[0] - 1e-3 <= area <= prior.width[1] * prior.height[1] + 1e-3
             if not prior.rotate:
                 assert box["angle"] == 0.0
             mask = pixels(bank / "masks" / record["defect"] / f"{record['id']}_mask.png", "L") > 0
@@ -516,7 +520,9 @@ COMMON_KEYS = {
 DIFFUSION_KEYS = {
     "backbone", "backbone_sha256", "embeddings", "steps", "guidance", "eta", "batch_size", "precision",
 }  # fmt: skip
-PASTE_KEYS = {"support", "blend"}
+# The paste backend's pixels changed in version 2 (boxes of the cut-out's shape, brightness-only jitter): its banks
+# record paste_version, so a paste bank of another version is refused by --resume instead of mixing the two.
+PASTE_KEYS = {"support", "blend", "paste_version"}
 
 
 def test_bank_json_records_every_setting_and_null_where_it_does_not_apply(
@@ -528,7 +534,7 @@ def test_bank_json_records_every_setting_and_null_where_it_does_not_apply(
     from anomalib_anogen.generate.settings import GenerateSettings
 
     every = {field.name for field in fields(GenerateSettings)}
-    assert every == COMMON_KEYS | DIFFUSION_KEYS | PASTE_KEYS | {"priors_auto", "placement"}
+    assert every == COMMON_KEYS | DIFFUSION_KEYS | PASTE_KEYS | {"priors_auto", "placement", "quality"}
     for bank, used in ((paste_bank, PASTE_KEYS), (diffusion_bank, DIFFUSION_KEYS)):
         summary = json.loads((bank / "bank.json").read_text())
         assert set(summary["settings"]) == every

@@ -146,7 +146,7 @@ def test_an_unlocked_run_leaves_no_lock_and_a_lock_only_folder_is_a_new_bank(
 
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is the Unix lock")
 def test_a_file_system_without_locks_is_refused_not_soft_locked(
-    toy: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    toy_inputs: dict[str, str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No existence-lock fallback (it would stay behind a killed run): one clear line, no folder left."""
     import errno
@@ -157,13 +157,13 @@ def test_a_file_system_without_locks_is_refused_not_soft_locked(
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
     output = tmp_path / "new" / "bank"
-    line = error_line(toy_args(toy, output), capsys)
+    line = error_line(toy_args(toy_inputs, output), capsys)
     assert f"{output}: cannot write the --output folder (Function not implemented" in line
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_holder_record_survives_contenders_and_follows_a_first_empty_line(
-    toy: dict[str, str], tmp_path: Path, capsys
+    toy_inputs: dict[str, str], tmp_path: Path, capsys
 ) -> None:
     """The record is the holder's, written after it won; byte 0 (all Windows locks) is a newline."""
     output = tmp_path / "bank"
@@ -172,7 +172,7 @@ def test_the_holder_record_survives_contenders_and_follows_a_first_empty_line(
         assert holder.stdout.readline().strip() == "locked"
         written = (output / LOCK_NAME).read_bytes()
         for _ in range(3):
-            assert "another anogen generate is writing this bank" in error_line(toy_args(toy, output), capsys)
+            assert "another anogen generate is writing this bank" in error_line(toy_args(toy_inputs, output), capsys)
         assert (output / LOCK_NAME).read_bytes() == written and written.startswith(b"\n{")
         assert json.loads(written)["command"].endswith(str(output))
     finally:

@@ -252,10 +252,14 @@ def test_auto_priors_come_from_the_support_masks_and_are_recorded(
     expected = {d: derive_prior([p.mask for p in pairs], AUTO_MARGIN, False, d) for d, pairs in loaded.items()}
     assert settings["priors"] == {d: p.describe() for d, p in expected.items()}
     assert settings["priors_auto"]["margin"] == AUTO_MARGIN and settings["priors_auto"]["rotate"] is False
+    from anomalib_anogen.generate.backends.paste import cut
+
+    cutouts = {str(p.pair.image.resolve()): cut(p) for pairs in loaded.values() for p in pairs}
     for record in manifest(bank):
-        prior = expected[record["defect"]]
         assert record["box"]["angle"] == 0.0
-        assert prior.width[0] * SIZE - 0.01 <= record["box"]["w"] <= prior.width[1] * SIZE + 0.01
+        # paste: the box holds its cut-out at the cut-out's own size, within the priors' margin (docs/quality.md)
+        width = cutouts[record["support_image"]].width * SIZE
+        assert width / (1 + AUTO_MARGIN) - 0.01 <= record["box"]["w"] <= width * (1 + AUTO_MARGIN) + 0.01
 
 
 def test_derive_prior_measures_each_component_with_a_margin() -> None:

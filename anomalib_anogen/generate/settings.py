@@ -32,6 +32,7 @@ class GenerateSettings:
     # None when not used:
     priors_auto: dict[str, Any] | None = None  # --priors auto: how the priors were derived
     placement: dict[str, Any] | None = None  # --placement: Placement.describe()
+    quality: dict[str, Any] | None = None  # the quality gate where it is not the default (see command.quality_gate)
     # Diffusion backend only:
     backbone: str | None = None
     backbone_sha256: str | None = None
@@ -44,6 +45,7 @@ class GenerateSettings:
     # Paste backend only:
     support: dict[str, list[list[str]]] | None = None  # defect -> [[image sha256, mask sha256], ...]
     blend: str | None = None
+    paste_version: int | None = None  # the paste backend's version (backends/paste.py PASTE_VERSION)
 
     @property
     def diffusion(self) -> bool:
