@@ -1,17 +1,22 @@
 """End-to-end AnoGen demo on 2 CPU cores, offline.
 
 1. learn one anomaly embedding per defect type from the 3-shot support set (``anogen learn``);
-2. generate a small anomaly bank into normal training images (``anogen generate``);
-3. draw its contact sheet (``anogen show``);
-4. train ``DraemWeak`` with the ``anogen`` generator, test it (anomalib's metrics),
-5. export it to OpenVINO, run it at an explicit precision (``--precision``, default f32) and compare its
-   raw anomaly maps with torch's, at f32 and at this CPU's default precision (docs/deploy.md).
+2. generate a small anomaly bank into normal training images (``anogen generate``, the diffusion backend), and
+   a paste bank of the real support anomalies (``--backend paste``); print what the quality gate measured;
+3. draw their contact sheets (``anogen show``);
+4. train ``DraemWeak`` with the ``anogen`` generator on one of the banks, test it (anomalib's metrics),
+5. export it to OpenVINO, run it at an explicit precision (``--precision``, default f32) on every test image,
+   draw the prediction sheet and compare its raw anomaly maps with torch's, at f32 and at this CPU's default
+   precision (docs/deploy.md).
 
 Data: MVTec AD bottle and its support set from ``../shared/data`` when present, otherwise a
 small MVTec-layout dataset that ``anomalib_anogen.data.toy`` makes (its own test anomalies
 then serve as the support set). The backbone is the built-in random-weight ``tiny`` unless
-``--backbone`` names a real diffusers/LDM model you have locally; with ``tiny`` the embeddings
-and the generated defects are mechanically right but not realistic.
+``--backbone`` names a real diffusers/LDM model you have locally. With ``tiny`` the embeddings and the
+generated defects are mechanically right but not realistic: its random VAE cannot reproduce an image, so the
+demo composites the decoded box onto the normal image (``--keep_outside true``; the paper's whole-latent
+decode would turn every frame into noise, and the gate would reject every record for leaking), and the
+detector trains on the paste bank (real defects), since noise in a box teaches it nothing about real defects.
 Run ``python -m anomalib_anogen.demo --help`` for the knobs.
 """
 
@@ -20,7 +25,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="folder holding MVTecAD/ and dtd/")
     parser.add_argument("--image_size", type=int, default=128, help="training and export resolution")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs")
+    parser.add_argument(
+        "--detector_bank",
+        choices=("auto", "paste", "diffusion"),
+        default="auto",
+        help="the bank DraemWeak trains on (auto: paste with the random-weight tiny backbone, else diffusion)",
+    )
+    parser.add_argument(
+        "--keep_outside",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="generate's --keep_outside (auto: true with the random-weight tiny backbone, else the paper's false)",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--reconstructive_width", type=int, default=32, help="DRAEM: 128; smaller runs on CPU")
     parser.add_argument("--discriminative_width", type=int, default=16, help="DRAEM: 64")
@@ -107,6 +124,72 @@ def write_prediction_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray |
     create_image_grid(tiles, nrow=3).save(path)
 
 
+def print_quality(bank: Path) -> None:
+    """What the quality gate measured in ``bank`` and what it did (the table ``anogen check`` prints)."""
+    from anomalib_anogen.generate.check import measure_bank, table
+
+    result = measure_bank(bank)
+    print("  " + table(result).replace("\n", "\n  "))
+    rejected = len(result.rejected())
+    if rejected:
+        print(f"  the gate rejected {rejected} of {len(result.records)} records: training skips them (docs/quality.md)")
+    else:
+        print(f"  the gate accepted all {len(result.records)} records")
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How the test images' scores separate good from defective images.
+
+    Attributes:
+        good: (lowest, highest) score of the good test images.
+        defective: (lowest, highest) score of the defective ones.
+        image_auroc: The area under the ROC curve of those scores (1: every defective image above every good one).
+        flagged: Share of defective images scored above the threshold (0.5).
+        passed: Share of good images scored below it.
+    """
+
+    good: tuple[float, float]
+    defective: tuple[float, float]
+    image_auroc: float
+    flagged: float
+    passed: float
+
+    def describe(self) -> str:
+        """One line for the log."""
+        return (
+            f"good {self.good[0]:.2f}-{self.good[1]:.2f}, defective {self.defective[0]:.2f}-{self.defective[1]:.2f}, "
+            f"image AUROC {self.image_auroc:.3f}; {self.flagged:.0%} of defective images flagged, "
+            f"{self.passed:.0%} of good ones passed"
+        )
+
+
+def score_separation(scores: dict[Path, float]) -> Separation:
+    """Good (``test/good``) against defective images: ranges, AUROC (ties count half) and shares at 0.5."""
+    good = np.array([s for path, s in scores.items() if path.parent.name == "good"])
+    bad = np.array([s for path, s in scores.items() if path.parent.name != "good"])
+    pairs = (bad[:, None] > good[None, :]).mean() + 0.5 * (bad[:, None] == good[None, :]).mean()
+    return Separation(
+        good=(float(good.min()), float(good.max())),
+        defective=(float(bad.min()), float(bad.max())),
+        image_auroc=float(pairs),
+        flagged=float((bad > 0.5).mean()),
+        passed=float((good <= 0.5).mean()),
+    )
+
+
+def sheet_rows(scores: dict[Path, float]) -> list[Path]:
+    """The images the prediction sheet shows: per test type (folder), its lowest- and highest-scored image."""
+    by_type: dict[str, list[Path]] = {}
+    for path in sorted(scores):
+        by_type.setdefault(path.parent.name, []).append(path)
+    chosen = []
+    for kind in sorted(by_type, key=lambda name: (name != "good", name)):  # good first
+        ranked = sorted(by_type[kind], key=lambda path: scores[path])
+        chosen += [ranked[0], ranked[-1]] if len(ranked) > 1 else ranked
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code."""
     args = parse_args(argv)
@@ -134,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"Perlin fallback: {'DTD textures from ' + str(dtd_dir) if dtd_dir else 'Perlin noise alone'}")
 
-    print(f"[1/7] anogen learn: {args.learn_steps} steps per defect type from {support}")
+    random_weights = args.backbone in {"tiny", "tiny-ldm"}
+    keep_outside = random_weights if args.keep_outside == "auto" else args.keep_outside == "true"
+    detector_bank = ("paste" if random_weights else "diffusion") if args.detector_bank == "auto" else args.detector_bank
+    normal = root / category / "train" / "good"
+    priors = None if category == "bottle" else str(toy_priors(output))
+
+    print(f"[1/8] anogen learn: {args.learn_steps} steps per defect type from {support}")
     embeddings = output / "embeddings"
     learn(
         LearnOptions(
@@ -148,27 +237,53 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
-    print(f"[2/7] anogen generate: {args.bank_images} normal images x every defect type, {args.ddim_steps} DDIM steps")
+    print(
+        f"[2/8] anogen generate: {args.bank_images} normal images x every defect type, {args.ddim_steps} DDIM steps, "
+        f"--keep_outside {str(keep_outside).lower()}"
+    )
+    if random_weights and keep_outside:
+        print(
+            f"  {args.backbone} has random weights: its VAE cannot reproduce an image, so the paper's whole-latent "
+            "decode (--keep_outside false) would turn every frame into noise. --keep_outside true composites the "
+            "decoded box onto the normal image: intact outside the box, noise (not a real defect) inside it."
+        )
     bank = output / "bank"
+    common = {"normal": str(normal), "priors": priors, "seed": args.seed, "max_images": args.bank_images}
     generate(
         GenerateOptions(
-            normal=str(root / category / "train" / "good"),
             output=str(bank),
             embeddings=str(embeddings),
             backbone=args.backbone,
-            priors=None if category == "bottle" else str(toy_priors(output)),
+            support=str(support),  # the quality gate's references: the real anomalies
             per_image=2,
             samples_per_box=1,
             steps=args.ddim_steps,
-            seed=args.seed,
-            max_images=args.bank_images,
+            keep_outside=keep_outside,
             overwrite=True,
+            **common,
         )
     )
+    print_quality(bank)
+    paste_bank = output / "paste_bank"
+    print(f"  anogen generate --backend paste: the real support anomalies cut out and blended into {normal.name}/")
+    generate(
+        GenerateOptions(
+            output=str(paste_bank),
+            backend="paste",
+            support=str(support),
+            per_image=2,
+            samples_per_box=1,
+            overwrite=True,
+            **common,
+        )
+    )
+    print_quality(paste_bank)
 
-    print("[3/7] anogen show: contact sheet of the bank")
+    print("[3/8] anogen show: contact sheets of the banks")
     sheet = show(ShowOptions(bank=str(bank), output=str(output / "bank_sheet.png"), per_defect=3))
-    print(f"  {sheet}")
+    paste_sheet = show(ShowOptions(bank=str(paste_bank), output=str(output / "paste_bank_sheet.png"), per_defect=3))
+    print(f"  {sheet}\n  {paste_sheet}")
+    trained_on = paste_bank if detector_bank == "paste" else bank
 
     size = (args.image_size, args.image_size)
     datamodule = MVTecAD(
@@ -182,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     model = DraemWeak(
         dtd_dir=dtd_dir,
         generator="anogen",
-        bank_dir=bank,
+        bank_dir=trained_on,
         reconstructive_width=args.reconstructive_width,
         discriminative_width=args.discriminative_width,
         learning_rate=args.learning_rate,
@@ -197,16 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         check_val_every_n_epoch=args.epochs,
         enable_checkpointing=True,
     )
-    print(f"[4/7] training DraemWeak (generator anogen) for {args.epochs} epochs at {args.image_size} px on {category}")
+    print(
+        f"[4/8] training DraemWeak (generator anogen on the {detector_bank} bank {trained_on.name}/, mixed with "
+        f"Perlin/DTD) for {args.epochs} epochs at {args.image_size} px on {category}"
+    )
     engine.fit(model=model, datamodule=datamodule)
 
-    print("[5/7] testing")
+    print("[5/8] testing")
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     print("test metrics:")
     for name in sorted(metrics):
         print(f"  {name:<16} {metrics[name]:.4f}")
 
-    print("[6/7] exporting to OpenVINO (FP32)")
+    print("[6/8] exporting to OpenVINO (FP32)")
     xml_path = Path(
         engine.export(
             model=model,
@@ -218,28 +336,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {xml_path}")
 
-    print("[7/7] OpenVINO inference on the test images, precision set explicitly")
+    print("[7/8] OpenVINO inference on every test image, precision set explicitly")
     info = cpu_info()
     print(f"  CPU: {info}")
     inferencer = load_inferencer(xml_path, precision=args.precision)
     print(f"  OpenVINO runs the exported model in {compiled_precision(inferencer.model)} (asked: {args.precision})")
     test_images = sorted(path for path in (root / category / "test").rglob("*.png"))
     model.eval()
-    rows, tensors = [], []
-    chosen = {path.parent.name: path for path in test_images}  # one image of every type
+    scores: dict[Path, float] = {}
+    shown: dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+    tensors = []
     for path in test_images:
         image = np.array(Image.open(path).convert("RGB").resize(size, Image.BILINEAR))
         tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
         tensors.append(tensor)
-        if chosen.get(path.parent.name) == path:
-            prediction = inferencer.predict(tensor)
-            mask_path = root / category / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
-            gt_mask = np.asarray(Image.open(mask_path).convert("L")) > 127 if mask_path.exists() else None
-            score = float(np.asarray(prediction.pred_score).squeeze())
-            anomaly_map = np.asarray(prediction.anomaly_map).squeeze()
-            rows.append((image, anomaly_map, gt_mask, f"{path.parent.name} score={score:.2f}"))
+        prediction = inferencer.predict(tensor)
+        scores[path] = float(np.asarray(prediction.pred_score).squeeze())
+        mask_path = root / category / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+        gt_mask = np.asarray(Image.open(mask_path).convert("L")) > 127 if mask_path.exists() else None
+        shown[path] = (image, np.asarray(prediction.anomaly_map).squeeze(), gt_mask)
+    separation = score_separation(scores)
+    print(f"  scores (OpenVINO, normalised: 0.5 is the threshold): {separation.describe()}")
+    rows = [(*shown[path], f"{path.parent.name} {scores[path]:.2f}") for path in sheet_rows(scores)]
     sheet_path = output / "predictions.png"
     write_prediction_sheet(rows, sheet_path)
+    print(f"  prediction sheet: {sheet_path} (per test type the lowest- and highest-scored image)")
+    print("[8/8] raw-map parity of OpenVINO against torch, at f32 and at this CPU's default precision")
     # Parity on the raw network outputs (before normalisation), for f32 and for what this CPU picks by default.
     raw_xml = export_raw(model, output / "export_raw", size)
     parities = {}
@@ -247,13 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         parity = check_parity(model, raw_xml, tensors, precision=precision)
         parities[precision or "cpu_default"] = parity
         print(f"  raw-map parity: {parity}")
-    print(f"  prediction sheet: {sheet_path}")
 
     summary = {
         "data": str(root / category),
         "backbone": args.backbone,
         "bank": str(bank),
         "bank_sheet": str(sheet),
+        "paste_bank": str(paste_bank),
+        "paste_bank_sheet": str(paste_sheet),
+        "detector_bank": detector_bank,
+        "scores": asdict(separation),
         "image_size": args.image_size,
         "epochs": args.epochs,
         "metrics": {name: float(value) for name, value in metrics.items()},
