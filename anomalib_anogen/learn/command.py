@@ -311,7 +311,15 @@ def _learn_on_rank(options: LearnOptions, share: _Share, fabric: Any) -> list[Pa
             },
             "support": plan["support"],
         }
-        folder = write_embedding_dir(output, defect, plan["token"], result.vector, metadata, options.overwrite)
+        folder = write_embedding_dir(
+            output,
+            defect,
+            plan["token"],
+            result.vector,
+            metadata,
+            options.overwrite,
+            "run the same command again to learn the others (the defects finished before are kept)",
+        )
         logger.info("%s: loss %.4f -> %.4f, wrote %s", defect, result.loss_start, result.loss_end, folder)
         written.append(folder)
     return written
@@ -370,7 +378,8 @@ def import_embedding(options: ImportEmbeddingOptions) -> list[Path]:
                 "token_id_note": "id in the BERT tokenizer of the original LDM code (bert-base-uncased)",
             },
         }
-        folder = write_embedding_dir(output_path, name, token, vector, metadata, options.overwrite)
+        again = "run the same command with --overwrite true" if written else "run the same command again"
+        folder = write_embedding_dir(output_path, name, token, vector, metadata, options.overwrite, again)
         logger.info("%s: wrote %s and %s from %s", name, folder / EMBEDDING_FILE, METADATA_FILE, file)
         written.append(folder)
     return written
