@@ -13,15 +13,16 @@ touched; see docs/generate.md.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.files import sha256_file, write_fault
 from anomalib_anogen.core.threads import SMALL_BACKBONES, thread_count, torch_threads
-from anomalib_anogen.generate.bank_writer import BankLock, check_bank_output, check_target
+from anomalib_anogen.generate.bank_writer import LOCK_NAME, BankLock, check_bank_output, check_target
+from anomalib_anogen.generate.capacity import check_disk
 from anomalib_anogen.generate.foreground import resolve_rule
-from anomalib_anogen.generate.inputs import Inputs, read_inputs
+from anomalib_anogen.generate.inputs import Inputs, check_records, read_inputs
 from anomalib_anogen.generate.options import GenerateOptions
 from anomalib_anogen.generate.run import Job, is_first_process, run
 from anomalib_anogen.generate.settings import GenerateSettings
@@ -44,11 +45,16 @@ def generate(options: GenerateOptions) -> Path:
     if first:  # refuse a file or a stranger's folder before the lock file goes there
         check_target(output, options.resume, options.overwrite)
     # One writer per bank: the lock is taken before any work and released however the run ends (see BankLock).
-    with BankLock(output) if first else nullcontext():
+    with ExitStack() as held:
+        if first:
+            _take_lock(held, output)
         inputs = read_inputs(options)
         settings = bank_settings(options, inputs)
         # Workers never prepare the bank.
         mode = check_bank_output(output, settings.to_json(), options.resume, options.overwrite) if first else "worker"
+        if first:  # a bank that cannot fit the disk is refused before it is touched
+            records = check_records(len(inputs.normals), len(inputs.defects), options.per_image)
+            check_disk(output, inputs.normals, inputs.resolution, records, mode)
         job = Job(
             settings=settings,
             items=work_list(inputs.normals, inputs.defects, options.per_image, options.samples_per_box),
@@ -61,6 +67,14 @@ def generate(options: GenerateOptions) -> Path:
         small = inputs.model is None or inputs.model.spec in SMALL_BACKBONES  # paste, or a toy backbone
         with torch_threads(thread_count(options.threads, small)):
             return run(job, options)
+
+
+def _take_lock(held: ExitStack, output: Path) -> None:
+    """Hold the bank's lock in ``held``; a disk that cannot take the lock file's one line is a machine fault."""
+    try:
+        held.enter_context(BankLock(output))
+    except OSError as error:  # the lock removed its file and the folders it created
+        raise write_fault(output / LOCK_NAME, "the lock file", error, "run the same command again") from error
 
 
 def bank_settings(options: GenerateOptions, inputs: Inputs) -> GenerateSettings:
