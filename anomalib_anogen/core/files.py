@@ -134,6 +134,17 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
+def check_free(folder: Path, need: int, what: str, then: str) -> None:
+    """Refuse (:class:`AnogenFaultError`) to start work whose output (``need`` bytes) the disk of ``folder`` lacks."""
+    free = free_bytes(folder)
+    if need > free:
+        msg = (
+            f"{folder}: {what} needs about {human_bytes(need)} but its file system has {human_bytes(free)} free; "
+            f"free space, then {then}"
+        )
+        raise AnogenFaultError(msg)
+
+
 def size_of(paths: list[Path]) -> int:
     """Bytes in the files under ``paths`` (files or folders; links are not followed, missing paths count 0)."""
     total = 0
