@@ -18,6 +18,7 @@ names a file outside, or a file that is not an image (truncated, too large), is 
 
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,9 @@ def load_bank(
             if not line.strip():
                 continue
             where = f"bank_dir: {manifest}, line {line_number}"
+            if not line.endswith("\n") and not _is_json(line):  # torn by a run that stopped (a full disk) mid-line
+                warnings.warn(f"{where} is torn (its run stopped while writing it): left out", UserWarning, 2)
+                continue
             record = _record(line, where, bank_dir)
             if record.defect in excluded:
                 continue
@@ -142,6 +146,14 @@ def load_bank(
     if check_images:
         _check_decodes(to_decode)
     return records
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _record(line: str, where: str, bank_dir: Path) -> BankRecord:
