@@ -83,7 +83,10 @@ def check_output(
     elif settings.diffusion:
         cause = f"with {_sampler_settings(settings)}"
     else:
-        cause = f"the pasted support anomaly (--blend {settings.blend}) did not reach the box"
+        cause = (
+            f"the pasted support anomaly (--blend {settings.blend}) vanished in a box of {int(inside.sum())} pixels: "
+            f"make the boxes larger (--resolution, now {settings.resolution}; --priors or --priors_margin)"
+        )
     msg = f"record {record_id}: the generated image is unchanged inside its box, which its mask marks as anomaly; "
     msg = f"{msg}{cause}; {AGAIN}"
     raise OutputCheckError(msg)
