@@ -189,7 +189,8 @@ def _inside(path: Path, kind: str, roots: list[Path], where: str, record: BankRe
     if not any(resolved.is_relative_to(root) for root in roots):
         inside = "inside the bank" + (f" or in its normal image folder {roots[1]}" if len(roots) > 1 else "")
         msg = (
-            f"{where} (id {record.record_id}) names {kind} outside the bank: {path} (which is {resolved}); "
+            f"{where} (id {record.record_id}) names {kind} outside the bank: {path}"
+            f"{f' (which is {resolved})' if resolved != path else ''}; "
             f"a record's files lie {inside}, never through a link to elsewhere. {TAMPERED}"
         )
         raise BankError(msg)
