@@ -10,12 +10,14 @@ anomalib's CLI builds the model inside jsonargparse, which tries each type of ``
 against any of the Union subtypes" whose first cause is ``Expected a <class 'NoneType'>``; anomalib
 prints that as a ~180-line traceback. :func:`install_cli_error_hook` (run by the plugin's start-up
 hook in the ``anomalib`` command only) prints the plugin's input errors as one ``error:`` line
-instead; every other error keeps anomalib's traceback.
+instead, and so a ``ckpt_path`` that does not exist or is not a readable checkpoint when one of the
+plugin's models is in use (:func:`note_plugin_model`); every other error keeps anomalib's traceback.
 
 This module imports neither torch nor anomalib.
 """
 
 import itertools
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import ClassVar
 
 from anomalib_anogen.core.checks import UNIT_INTERVAL, Allowed, check_number
 from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.torch_files import not_a_torch_file, read_failure, refused_global
 
 
 class ModelArgumentError(AnogenInputError):
@@ -99,16 +102,76 @@ def plugin_input_error(error: BaseException) -> AnogenInputError | None:
     return None
 
 
+class _PluginModels:
+    built: ClassVar[bool] = False  # whether one of the plugin's models was built in this process
+
+
+def note_plugin_model() -> None:
+    """Called when one of the plugin's models is built: the CLI's checkpoint errors are then the plugin's to word."""
+    _PluginModels.built = True
+
+
+# Where Lightning reads a checkpoint: the function, and its argument that holds the checkpoint's path.
+_CHECKPOINT_READERS = {"load_checkpoint": "path", "_load": "path_or_url", "_load_from_checkpoint": "checkpoint_path"}
+_CHECKPOINT_HINT = (
+    "pass the model.ckpt that `anomalib train` wrote (results/<model>/<dataset>/<category>/latest/weights/lightning/"
+    "model.ckpt), or train again"
+)
+
+
+def _checkpoint_path(traceback: TracebackType | None) -> str | None:
+    """The checkpoint that Lightning was reading when ``traceback`` was raised (the innermost reader's argument)."""
+    found = None
+    while traceback is not None:
+        frame = traceback.tb_frame
+        argument = _CHECKPOINT_READERS.get(frame.f_code.co_name)
+        value = frame.f_locals.get(argument) if argument else None
+        if isinstance(value, str | Path):
+            found = str(value)
+        traceback = traceback.tb_next
+    return found
+
+
+def checkpoint_error(error: BaseException, traceback: TracebackType | None) -> str | None:
+    """One line for a ``ckpt_path`` that does not exist or is not a checkpoint (``None`` for any other error)."""
+    path = _checkpoint_path(traceback)
+    if path is None or not isinstance(error, OSError | RuntimeError | EOFError | ValueError | pickle.UnpicklingError):
+        return None
+    file = Path(path)
+    if not file.exists():
+        return f"ckpt_path: checkpoint file not found: {path}; {_CHECKPOINT_HINT}"
+    if file.is_dir():
+        return f"ckpt_path: {path} is a folder, not a checkpoint file; {_CHECKPOINT_HINT}"
+    try:
+        what = not_a_torch_file(file)
+    except OSError as read_error:
+        what = f"it cannot be read: {read_error.strerror or read_error}"
+    if what is None and isinstance(error, pickle.UnpicklingError):
+        found = refused_global(error)
+        holds = f"a reference to {found}" if found else "pickle instructions"
+        what = f"it holds {holds}, which a checkpoint of anomalib never holds; nothing in it was run"
+    elif what is None:
+        detail = read_failure(error)
+        what = f"damaged or truncated{f': {detail}' if detail else ''}"
+    return f"ckpt_path: {path} is not a readable checkpoint ({what}); {_CHECKPOINT_HINT}"
+
+
 def cli_error_hook(previous: ExceptHook) -> ExceptHook:
-    """An ``excepthook`` that prints the plugin's input errors as one line and leaves the others to ``previous``."""
+    """An ``excepthook`` that prints the plugin's input errors as one line and leaves the others to ``previous``.
+
+    So also a checkpoint that cannot be read while one of the plugin's models is in use (:func:`checkpoint_error`).
+    """
 
     def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
         found = plugin_input_error(error)
-        if found is None:
+        line = str(found) if found is not None else None
+        if line is None and _PluginModels.built:
+            line = checkpoint_error(error, traceback)
+        if line is None:
             previous(kind, error, traceback)
             return
         sys.stdout.flush()
-        print(f"error: {found}", file=sys.stderr)
+        print(f"error: {' '.join(line.split())}", file=sys.stderr)  # one line, whatever the message held
 
     return hook
 

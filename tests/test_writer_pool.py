@@ -82,7 +82,9 @@ def test_a_writer_error_is_one_clear_line_and_leaves_a_resumable_bank(
     output = tmp_path / "bank"
     with monkeypatch.context() as patch:
         patch.setattr(bank_writer, "write_atomic", FailingWrite(order[9]))
-        line = error_line(cli_args(toy_inputs, output, "--resolution", "40", "--writers", str(writers)), capsys)
+        line = error_line(
+            cli_args(toy_inputs, output, "--resolution", "40", "--writers", str(writers)), capsys, code=74
+        )
     assert "No space left on device" in line and "--resume true" in line and f"{order[9]}.png" in line, line
     records = [json.loads(text) for text in (output / MANIFEST_NAME).read_text().splitlines()]
     assert [r["id"] for r in records] == order[:9]  # the records before the failed one, in order, nothing after

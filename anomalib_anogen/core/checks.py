@@ -31,6 +31,12 @@ MAX_LR = 1.0
 MAX_WRITERS = 32  # --writers: threads that encode and write a bank's files
 MAX_CELL = 1024  # anogen show: pixels per side of a sheet's cell
 MAX_PRIORS_MARGIN = 10  # --priors_margin: a share added to the measured box sizes
+MAX_RECORDS = 1_000_000  # records of one bank: about 70 GiB of PNGs at 256 px; the work list is held in memory
+MAX_GENERATE_BATCH_SIZE = 1024  # --batch_size of generate: records per UNet call
+MAX_GUIDANCE = 100.0  # --guidance: far above the paper's 10, a scale that saturates every image (or overflows)
+MAX_FEATHER_SHARE = 0.5  # --feather: at most half the output side; wider, no pixel of a box reaches full strength
+MAX_IMAGE_PIXELS = 8192 * 8192  # an input image (normal, support, mask, bank file): 8192 x 8192, 256 MiB as RGB
+DISK_MARGIN = 1.25  # the estimated size of a bank is multiplied by this before it is compared with the free space
 
 
 @dataclass(frozen=True)

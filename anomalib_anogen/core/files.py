@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomalib_anogen.core.errors import AnogenInputError
+from anomalib_anogen.core.errors import AnogenFaultError, AnogenInputError
 
 TEMPORARY_MARK = ".tmp-"  # in the name of a file being written (see write_atomic)
 
@@ -42,7 +44,7 @@ def check_writable_folder(folder: Path, option: str = "--output") -> None:
         reason = error.strerror or type(error).__name__
         where = "" if existing == folder else f" (its nearest existing parent {existing})"
         msg = f"{folder}: {option} cannot be written{where}: {reason}"
-        raise AnogenInputError(msg) from error
+        raise (AnogenFaultError if is_machine_fault(error) else AnogenInputError)(msg) from error
     os.close(handle)
     os.unlink(probe)
 
@@ -68,17 +70,99 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def write_all(descriptor: int, data: bytes) -> None:
+    """Write every byte of ``data`` to an open file, or raise the ``OSError`` (``ENOSPC``...) of the write that failed.
+
+    ``os.write`` may write fewer bytes than asked (a disk that fills up): the rest is written by the next call.
+
+    Every file the project writes goes through here (tests simulate a full disk by patching ``os.write``).
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        if written <= 0:  # never for a regular file; kept so that a bad writer cannot loop forever
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        view = view[written:]
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}")
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            write_all(descriptor, data)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+# The errors of a disk that is full or fails (not of a path the user chose): a machine fault, exit code 74.
+MACHINE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def is_machine_fault(error: OSError) -> bool:
+    """Whether ``error`` is the machine's (a full or failing disk), not the input's (a path, a permission)."""
+    return error.errno in MACHINE_FAULTS
+
+
+def reason(error: OSError) -> str:
+    """An OS error as a message says it: ``No space left on device`` (its ``strerror``), else its text."""
+    return error.strerror or str(error) or type(error).__name__
+
+
+def write_fault(path: Path, what: str, error: OSError, then: str) -> AnogenFaultError:
+    """The one-line error of a write that the machine refused: ``<path>: cannot write <what> (<reason>); <then>``.
+
+    A full disk (``ENOSPC``, ``EDQUOT``) says to free space first.
+    """
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return AnogenFaultError(
+        f"{path}: cannot write {what} ({reason(error)}); {'free space, then ' if full else ''}{then}"
+    )
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes that this process may still write on the file system of ``folder`` (or its nearest existing parent)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def check_free(folder: Path, need: int, what: str, then: str) -> None:
+    """Refuse (:class:`AnogenFaultError`) to start work whose output (``need`` bytes) the disk of ``folder`` lacks."""
+    free = free_bytes(folder)
+    if need > free:
+        msg = (
+            f"{folder}: {what} needs about {human_bytes(need)} but its file system has {human_bytes(free)} free; "
+            f"free space, then {then}"
+        )
+        raise AnogenFaultError(msg)
+
+
+def size_of(paths: list[Path]) -> int:
+    """Bytes in the files under ``paths`` (files or folders; links are not followed, missing paths count 0)."""
+    total = 0
+    for path in paths:
+        if path.is_symlink() or path.is_file():
+            total += path.lstat().st_size if path.is_file() and not path.is_symlink() else 0
+        elif path.is_dir():
+            total += sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return total
+
+
+def human_bytes(count: float) -> str:
+    """``1.5 GiB``, ``240 KiB``, ``12 B``: binary units, 3 significant digits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" or count >= 100 else f"{count:.3g} {unit}"
+        count /= 1024
+    return f"{count:.3g} TiB"  # pragma: no cover
 
 
 def make_folder(folder: Path, what: str) -> list[Path]:
@@ -100,6 +184,9 @@ def make_folder(folder: Path, what: str) -> list[Path]:
         if blocker is not None and not blocker.is_dir():
             msg = f"{folder}: cannot create the {what} folder: {blocker} is a file"
             raise AnogenInputError(msg) from error
+        if is_machine_fault(error):
+            msg = f"{folder}: cannot create the {what} folder ({error.strerror or error}); free space, then run again"
+            raise AnogenFaultError(msg) from error
         msg = f"{folder}: cannot create the {what} folder ({error.strerror or error}); choose a writable place"
         raise AnogenInputError(msg) from error
     return created

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anomalib_anogen.core.checks import MAX_IMAGE_PIXELS
 from anomalib_anogen.core.errors import AnogenInputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -19,11 +22,43 @@ def is_ignored(path: Path) -> bool:
     return path.name.startswith(".") or path.name in IGNORED_NAMES
 
 
+class ImageTooLargeError(AnogenInputError):
+    """An image with more pixels than :data:`MAX_IMAGE_PIXELS`: its size, the limit and what to do."""
+
+
+def check_pixels(path: Path) -> Image.Image:
+    """Open ``path`` without decoding it; refuse an image larger than :data:`MAX_IMAGE_PIXELS` from its header.
+
+    The header gives the size, so a 20000 x 20000 image (a 1.2 GB decode) is refused before a pixel is read
+    (:class:`ImageTooLargeError`). A file that is not an image raises PIL's own error
+    (``UnidentifiedImageError``, ``OSError``), which the caller words.
+    """
+    limit = f"more than an input image may have ({MAX_IMAGE_PIXELS}, 8192 x 8192); downscale or crop it"
+    try:
+        with (
+            warnings.catch_warnings()
+        ):  # PIL warns above 89 megapixels: our own limit is lower, and says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:  # above PIL's own limit (twice 89 megapixels), which says how many
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        msg = f"{path}: {found.group(1) if found else 'too many'} pixels, {limit}"
+        raise ImageTooLargeError(msg) from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        msg = f"{path}: {width} x {height} = {width * height} pixels, {limit}"
+        raise ImageTooLargeError(msg)
+    return image
+
+
 def _open(path: Path) -> Image.Image:
     try:
-        image = Image.open(path)
+        image = check_pixels(path)
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except ImageTooLargeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         msg = f"{path}: not a readable image ({error})"
         raise AnogenInputError(msg) from error
     return image

@@ -44,8 +44,10 @@ from anomalib_anogen.core.files import (
     TEMPORARY_MARK,
     make_folder,
     png_bytes,
+    reason,
     remove_created,
     sha256_bytes,
+    write_all,
     write_atomic,
 )
 from anomalib_anogen.data.bank import MANIFEST_NAME, QUALITY_NAME, SUMMARY_NAME, image_path, mask_path
@@ -96,6 +98,32 @@ def check_target(output: Path, resume: bool, overwrite: bool) -> None:
     if output.is_dir() and _entries(output) and read_summary(output) is None and not (output / MANIFEST_NAME).exists():
         msg = f"{output}: exists, is not empty and is not an anogen bank; choose another --output"
         raise AnogenInputError(msg)
+    links = linked_parts(output)
+    if links and not overwrite:
+        msg = (
+            f"{links[0]}: a symbolic link in the bank (to {os.readlink(links[0])}); a bank's files and folders are "
+            "written only inside it, never through a link: pass --overwrite true to replace the link by a new "
+            "folder (its target is left untouched), or choose another --output"
+        )
+        raise AnogenInputError(msg)
+
+
+def linked_parts(output: Path) -> list[Path]:
+    """The bank's own files and folders, and its defect folders, that are symbolic links (sorted).
+
+    The ``--output`` folder itself may be a link (a bank kept on another disk); what is inside it may not, as
+    writing or removing through such a link would touch files outside the bank.
+    """
+    if not output.is_dir():
+        return []
+    found = []
+    for name in BANK_PARTS:
+        part = output / name
+        if part.is_symlink():
+            found.append(part)
+        elif part.is_dir():
+            found += [child for child in part.iterdir() if child.is_symlink() and name != NORMAL_DIR]
+    return sorted(found)
 
 
 def check_bank_output(output: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> str:
@@ -288,16 +316,21 @@ class NormalCopy:
     future: Future  # the sha256 of the file, or the error that writing it raised
 
 
+def _bank_write_error(path: Path, error: OSError) -> BankWriteError:
+    """The one line of a bank file that the machine did not write: the file, the reason and how to go on."""
+    msg = (
+        f"{path}: cannot write the bank file ({reason(error)}); the records written before it are "
+        "kept: fix the cause (free space, permissions), then run the same command with --resume true"
+    )
+    return BankWriteError(msg)
+
+
 def _write_file(path: Path, data: bytes) -> None:
     """:func:`write_atomic`, with an error that names the file and says how to go on."""
     try:
         write_atomic(path, data)
     except OSError as error:
-        msg = (
-            f"{path}: cannot write the bank file ({error.strerror or error}); the records written before it are "
-            "kept: fix the cause (free space, permissions), then run again with --resume true"
-        )
-        raise BankWriteError(msg) from error
+        raise _bank_write_error(path, error) from error
 
 
 class BankWriter:
@@ -325,19 +358,23 @@ class BankWriter:
     # Before the work (one rank)
 
     def prepare(self, mode: str, order: dict[str, int]) -> None:
-        """Clear (overwrite), repair (resume) or create the bank, then mark it unfinished with its settings."""
+        """Clear (overwrite), repair (resume) or create the bank, then mark it unfinished with its settings.
+
+        ``bank.json`` is written before the manifest: a run that stops here (a full disk) leaves either nothing
+        or a bank with readable settings, which the same command with ``--resume true`` continues.
+        """
         if mode == "overwrite":
-            for name in BANK_PARTS:
+            for name in BANK_PARTS:  # a link is removed, never followed: its target stays as it was
                 path = self.output / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+                if path.is_symlink() or not path.is_dir():
+                    path.unlink(missing_ok=True)
+                else:
+                    shutil.rmtree(path)  # removes the links inside it, never what they point to
         self.output.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
         kept = self.valid_records(order) if mode == "resume" else []
-        write_atomic(self.manifest, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.write_summary(complete=False, records=kept)
+        _write_file(self.manifest, "".join(json.dumps(r) + "\n" for r in kept).encode())
         if mode == "resume":
             logger.info("%s: resuming, %d of %d records already done", self.output, len(kept), len(order))
 
@@ -468,11 +505,17 @@ class BankWriter:
             record = {**record, "source": copy.relative, "source_sha256": copy.future.result()}
         record = {**record, "image_sha256": hashes[0], "mask_sha256": hashes[1]}
         line = (json.dumps(record) + "\n").encode()
-        descriptor = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(descriptor, line)  # one write of one line: concurrent ranks never interleave on a local disk
-        finally:
-            os.close(descriptor)
+            descriptor = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # one write of one line: concurrent ranks never interleave on a local disk; a disk that fills up
+                # mid-line leaves a torn last line, which --resume drops
+                write_all(descriptor, line)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            self._failed = True
+            raise _bank_write_error(self.manifest, error) from error
 
     def _write_files(self, record: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> tuple[str, str]:
         """Encode, write and hash a record's image and mask (on a writer thread); returns their sha256."""
@@ -495,7 +538,7 @@ class BankWriter:
     def finish(self, order: dict[str, int]) -> list[dict[str, Any]]:
         """Rewrite the manifest in work order and mark the bank complete (if every record is there)."""
         records = self.valid_records(order)
-        write_atomic(self.manifest, "".join(json.dumps(r) + "\n" for r in records).encode())
+        _write_file(self.manifest, "".join(json.dumps(r) + "\n" for r in records).encode())
         self.write_summary(complete=len(records) == len(order), records=records)
         return records
 
@@ -516,4 +559,4 @@ class BankWriter:
         }
         if self.quality is not None:
             summary["quality"] = self.quality(records)
-        write_atomic(self.output / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
+        _write_file(self.output / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())

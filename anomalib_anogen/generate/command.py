@@ -14,15 +14,16 @@ touched; see docs/generate.md.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.files import sha256_file, write_fault
 from anomalib_anogen.core.threads import SMALL_BACKBONES, thread_count, torch_threads
-from anomalib_anogen.generate.bank_writer import BankLock, check_bank_output, check_target
+from anomalib_anogen.generate.bank_writer import LOCK_NAME, BankLock, check_bank_output, check_target
+from anomalib_anogen.generate.capacity import check_disk
 from anomalib_anogen.generate.foreground import resolve_rule
-from anomalib_anogen.generate.inputs import Inputs, read_inputs
+from anomalib_anogen.generate.inputs import Inputs, check_records, read_inputs
 from anomalib_anogen.generate.options import GenerateOptions
 from anomalib_anogen.generate.quality import QualityGate, fixed_reference, references_from_pairs
 from anomalib_anogen.generate.run import Job, is_first_process, run
@@ -48,12 +49,17 @@ def generate(options: GenerateOptions) -> Path:
     if first:  # refuse a file or a stranger's folder before the lock file goes there
         check_target(output, options.resume, options.overwrite)
     # One writer per bank: the lock is taken before any work and released however the run ends (see BankLock).
-    with BankLock(output) if first else nullcontext():
+    with ExitStack() as held:
+        if first:
+            _take_lock(held, output)
         inputs = read_inputs(options)
         gate, gate_record = quality_gate(options, inputs)
         settings = bank_settings(options, inputs, gate_record)
         # Workers never prepare the bank.
         mode = check_bank_output(output, settings.to_json(), options.resume, options.overwrite) if first else "worker"
+        if first:  # a bank that cannot fit the disk is refused before it is touched
+            records = check_records(len(inputs.normals), len(inputs.defects), options.per_image)
+            check_disk(output, inputs.normals, inputs.resolution, records, mode)
         job = Job(
             settings=settings,
             items=work_list(inputs.normals, inputs.defects, options.per_image, options.samples_per_box),
@@ -74,8 +80,8 @@ def quality_gate(options: GenerateOptions, inputs: Inputs) -> tuple[QualityGate,
 
     The references come from the support anomalies: the paste backend's own, or (diffusion) those of ``--support``
     when it is given, for the defect types it has; otherwise a fixed reference (logged). The default gate of a
-    paste bank is fully defined by its support set, which the settings hold already, so it adds nothing to them
-    (banks made before the gate keep their settings and resume); overrides, ``--gate false`` and the support set
+    paste bank is fully defined by its support set, which the settings hold already, so it adds nothing to them;
+    overrides, ``--gate false`` and the support set
     of a diffusion bank are recorded.
     """
     from anomalib_anogen.data.support import discover_support, load_support
@@ -123,6 +129,14 @@ def quality_gate(options: GenerateOptions, inputs: Inputs) -> tuple[QualityGate,
             limits.origin["max_leak"],
         )
     return gate, recorded or None
+
+
+def _take_lock(held: ExitStack, output: Path) -> None:
+    """Hold the bank's lock in ``held``; a disk that cannot take the lock file's one line is a machine fault."""
+    try:
+        held.enter_context(BankLock(output))
+    except OSError as error:  # the lock removed its file and the folders it created
+        raise write_fault(output / LOCK_NAME, "the lock file", error, "run the same command again") from error
 
 
 def bank_settings(options: GenerateOptions, inputs: Inputs, quality: dict[str, Any] | None = None) -> GenerateSettings:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalib_anogen.core.checks import MAX_GENERATE_RESOLUTION, MIN_RESOLUTION, between, check_number
+from anomalib_anogen.core.checks import MAX_GENERATE_RESOLUTION, MAX_RECORDS, MIN_RESOLUTION, between, check_number
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.files import sha256_file
 from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored, load_rgb
@@ -282,6 +282,21 @@ def load_model(spec: str | None, revision: str | None, sources: DefectSources) -
     return model
 
 
+def check_records(images: int, defects: int, per_image: int) -> int:
+    """The number of records a run makes, refused above :data:`MAX_RECORDS` before any work.
+
+    The work list is held in memory, and such a bank would not fit a disk either.
+    """
+    records = images * defects * per_image
+    if records > MAX_RECORDS:
+        msg = (
+            f"{images} normal images x {defects} defect types x --per_image {per_image} = {records} records, more "
+            f"than a bank holds ({MAX_RECORDS}); lower --per_image or --max_images, or pass fewer --defects"
+        )
+        raise AnogenInputError(msg)
+    return records
+
+
 def check_for_model(model: Backbone, steps: int, resolution: int) -> None:
     """The ranges that depend on the backbone: DDIM steps and the VAE's downsampling factor."""
     limit = int(model.noise_scheduler.config.num_train_timesteps)
@@ -334,6 +349,7 @@ def read_inputs(options: GenerateOptions) -> Inputs:
         options.priors_rotate,
     )
     names = match_defects(found, priors.table, priors.name, options.defects)
+    check_records(len(normals), len(names), options.per_image)
     placement = (
         load_placement(options.placement, names, found.names, priors.category, options.placement_foreground)
         if options.placement
@@ -347,6 +363,7 @@ def read_inputs(options: GenerateOptions) -> Inputs:
         check_number("--resolution", resolution, between(MIN_RESOLUTION, MAX_GENERATE_RESOLUTION))
     if model is not None:
         check_for_model(model, options.steps, resolution)
+    options.check_feather(resolution)
     _warn_resized(normals, resolution)
     return Inputs(normals, normal_root, sources, priors, names, placement, model, resolution)
 

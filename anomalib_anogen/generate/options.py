@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anomalib_anogen.core.checks import (
+    MAX_FEATHER_SHARE,
+    MAX_GENERATE_BATCH_SIZE,
     MAX_GENERATE_RESOLUTION,
+    MAX_GUIDANCE,
     MAX_PRIORS_MARGIN,
+    MAX_RECORDS,
     MAX_WRITERS,
     MIN_RESOLUTION,
     SEEDS,
@@ -31,6 +35,11 @@ from anomalib_anogen.generate.foreground import FOREGROUND_RULES
 from anomalib_anogen.generate.quality import check_limits
 
 BACKENDS = ("diffusion", "paste")
+_MAX_FEATHER = MAX_FEATHER_SHARE * MAX_GENERATE_RESOLUTION  # the bound at the largest --resolution; see check_feather
+FEATHER_NOTE = (
+    "pixels inside the box edge, 0 for a hard edge; at most half the --resolution, wider leaves no pixel of a box "
+    "at full strength"
+)
 BLENDS = ("feather", "poisson")  # the paste backend's blends (backends/paste.py)
 
 
@@ -62,14 +71,16 @@ class GenerateOptions:
             marks the allowed area, any size (resized with nearest neighbour).
         placement_foreground: With --placement, also require the image's foreground (false: the template only).
         defects: Only these defect types (default: every one, which must match the priors exactly).
-        per_image: Anomalies per normal image and defect type (paper: 4 = 2 boxes x 2 samples).
+        per_image: Anomalies per normal image and defect type (paper: 4 = 2 boxes x 2 samples); a bank holds at most
+            1000000 records.
         samples_per_box: Samples drawn in each box (per_image / samples_per_box boxes per image and defect).
         steps: DDIM steps (eta 0; paper: 50), 1 to the backbone's training timesteps (usually 1000).
-        guidance: Classifier-free guidance scale, at least 1 (paper: 10; 1 turns it off).
+        guidance: Classifier-free guidance scale, 1 to 100 (paper: 10; 1 turns it off).
         keep_outside: Composite the decoded image onto the normal one, so that outside the (inwards feathered)
             box its pixels stay exact; default false: the paper's raw decode, where every pixel has passed through
             the VAE (otherwise VAE texture inside the box only is a shortcut a detector can learn).
-        feather: Feather width in pixels inside the box edge, >= 0 (default: resolution / 64, at least 1).
+        feather: Feather width in pixels inside the box edge, 0 to half the resolution (default: resolution / 64, at
+            least 1).
         blend: paste backend: feather | poisson (cv2.seamlessClone).
         resolution: Output side in pixels, 8 to 4096 (default: the backbone's native one; paste: the first image's
             width); diffusion: a multiple of the VAE factor.
@@ -78,7 +89,7 @@ class GenerateOptions:
         max_tries: Boxes drawn (1 to 10000) before the best one seen is used (logged, recorded as box_fallback).
         seed: Seed of every box, noise and jitter, 0 to 2**32 - 1 (each record's derives from it and its id).
         max_images: Only the first N >= 1 normal images (by name).
-        batch_size: Records per UNet call (the same --batch_size is needed for a byte-identical --resume).
+        batch_size: Records per UNet call, 1 to 1024 (the same --batch_size is needed for a byte-identical --resume).
         precision: auto (fp16 on a GPU, diffusers' convention: bf16's rounding is amplified by the guidance
             scale, see docs/benchmarks.md bench_precision; fp32 on a CPU) | 32 | bf16 | fp16; a CPU always runs fp32.
         accelerator: auto | cpu | gpu | cuda.
@@ -157,15 +168,20 @@ class GenerateOptions:
         if self.resume and self.overwrite:
             msg = "--resume and --overwrite exclude each other"
             raise AnogenInputError(msg)
-        check_number("--per_image", self.per_image, at_least(1))
+        check_number(
+            "--per_image", self.per_image, between(1, MAX_RECORDS), f"a bank holds at most {MAX_RECORDS} records"
+        )
         # more samples per box than --per_image is allowed: every record of an image and defect then shares one box
-        check_number("--samples_per_box", self.samples_per_box, at_least(1))
+        check_number("--samples_per_box", self.samples_per_box, between(1, MAX_RECORDS))
         check_number("--steps", self.steps, at_least(1))  # the backbone's maximum is checked once it is loaded
-        check_number("--guidance", self.guidance, at_least(1, integer=False), "1 turns guidance off, the paper uses 10")
+        check_number(
+            "--guidance",
+            self.guidance,
+            between(1, MAX_GUIDANCE, integer=False),
+            f"1 turns guidance off, the paper uses 10; above {MAX_GUIDANCE:g} every image saturates",
+        )
         if self.feather is not None:
-            check_number(
-                "--feather", self.feather, at_least(0, integer=False), "pixels inside the box edge, 0 for a hard edge"
-            )
+            check_number("--feather", self.feather, between(0, _MAX_FEATHER, integer=False), FEATHER_NOTE)
         if self.resolution is not None:
             check_number("--resolution", self.resolution, between(MIN_RESOLUTION, MAX_GENERATE_RESOLUTION))
         check_number("--min_foreground", self.min_foreground, UNIT_INTERVAL, "a share of the box")
@@ -173,7 +189,12 @@ class GenerateOptions:
         check_number("--seed", self.seed, SEEDS)
         if self.max_images is not None:
             check_number("--max_images", self.max_images, at_least(1), "or leave it out for every image")
-        check_number("--batch_size", self.batch_size, at_least(1))
+        check_number(
+            "--batch_size",
+            self.batch_size,
+            between(1, MAX_GENERATE_BATCH_SIZE),
+            "records per UNet call; it is part of a diffusion bank's settings",
+        )
         check_number(
             "--priors_margin",
             self.priors_margin,
@@ -188,6 +209,13 @@ class GenerateOptions:
     def output_path(self) -> Path:
         """``--output`` with ``~`` expanded."""
         return Path(self.output).expanduser()
+
+    def check_feather(self, resolution: int) -> None:
+        """``--feather`` at most half the output side (known once the inputs are read)."""
+        if self.feather is not None:
+            check_number(
+                "--feather", self.feather, between(0, MAX_FEATHER_SHARE * resolution, integer=False), FEATHER_NOTE
+            )
 
     def feather_pixels(self, resolution: int) -> float:
         """The feather width at ``resolution``: ``--feather``, or resolution / 64 and at least 1 pixel."""

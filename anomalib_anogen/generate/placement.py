@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.files import sha256_file
-from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored
+from anomalib_anogen.core.images import IMAGE_SUFFIXES, ImageTooLargeError, check_pixels, is_ignored
 
 TEMPLATE_NAME = "mask.png"  # the authors' file name inside each <defect> folder
 
@@ -67,8 +67,10 @@ class Placement:
 def read_template(path: Path) -> np.ndarray:
     """A template file as a bool mask (grey value above 0), or an error naming the file."""
     try:
-        with Image.open(path) as image:
+        with check_pixels(path) as image:  # a huge template is refused from its header, before it is decoded
             grey = np.asarray(image.convert("RGB").convert("L"))
+    except ImageTooLargeError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as error:
         msg = f"{path}: unreadable placement template ({error})"
         raise AnogenInputError(msg) from error

@@ -22,6 +22,7 @@ from anomalib_anogen.generate.backends import Maker
 from anomalib_anogen.generate.bank_writer import BankWriter, NormalCopy
 from anomalib_anogen.generate.boxes import BoxPrior, PlacedBox, box_mask, derived_seed, sample_box
 from anomalib_anogen.generate.options import GenerateOptions
+from anomalib_anogen.generate.output_checks import check_output
 from anomalib_anogen.generate.placement import Placement
 from anomalib_anogen.generate.quality import QualityGate, rejections
 from anomalib_anogen.generate.settings import GenerateSettings
@@ -97,6 +98,7 @@ def run(job: Job, options: GenerateOptions) -> Path:
             for item, placed, (image, mask, extra) in zip(chunk, boxes, made, strict=True):
                 if item.record_id in done:
                     continue
+                check_output(item.record_id, image, mask, cache.image(item.source), settings)  # stops on nonsense
                 resized = item.source.size != (resolution, resolution)
                 copy = writer.normal_copy(item.source.stem, cache.image(item.source)) if resized else None
                 record = _record(item, placed, settings, copy, extra)

@@ -16,12 +16,14 @@ from typing import Any
 from anomalib_anogen import __version__
 from anomalib_anogen.core.devices import launch_fabric
 from anomalib_anogen.core.errors import AnogenInputError
-from anomalib_anogen.core.files import sha256_file
+from anomalib_anogen.core.files import check_free, sha256_file
 from anomalib_anogen.core.threads import SMALL_BACKBONES, thread_count, torch_threads
 from anomalib_anogen.data.support import LoadedPair, SupportSet, discover_support, load_support
 from anomalib_anogen.learn.options import ImportEmbeddingOptions, LearnConfig, LearnOptions
 
 logger = logging.getLogger(__name__)
+
+EMBEDDING_ROOM = 256 * 1024  # bytes one defect's folder may need (the LDM's 1280 floats and the json: ~10 KiB)
 
 
 def token_for(template: str, defect: str) -> str:
@@ -85,6 +87,8 @@ def learn(options: LearnOptions) -> list[Path]:
     planned = {name: _planned_metadata(name, options.token, config, found, loaded[name]) for name in names}
     kept = {name: _check_kept(output / name, planned[name]) for name in finished}
     todo = [name for name in names if name not in kept]
+    if todo:  # before minutes of training, not after: an embedding and its json are a few KiB
+        check_free(output, EMBEDDING_ROOM * len(todo), f"learning {len(todo)} defect(s)", "run the same command again")
     fabric = launch_fabric(options.accelerator, options.devices, max(1, len(todo)), options.num_nodes, config.precision)
     small = fabric.device.type == "cpu" and options.backbone in SMALL_BACKBONES
     threads = thread_count(options.threads, small) if fabric.device.type == "cpu" else None
@@ -305,7 +309,15 @@ def _learn_on_rank(options: LearnOptions, share: _Share, fabric: Any) -> list[Pa
             },
             "support": plan["support"],
         }
-        folder = write_embedding_dir(output, defect, plan["token"], result.vector, metadata, options.overwrite)
+        folder = write_embedding_dir(
+            output,
+            defect,
+            plan["token"],
+            result.vector,
+            metadata,
+            options.overwrite,
+            "run the same command again to learn the others (the defects finished before are kept)",
+        )
         logger.info("%s: loss %.4f -> %.4f, wrote %s", defect, result.loss_start, result.loss_end, folder)
         written.append(folder)
     return written
@@ -340,6 +352,7 @@ def import_embedding(options: ImportEmbeddingOptions) -> list[Path]:
     loaded = [load_released(file) for file in files]  # every file is checked before anything is written
     output_path = Path(options.output).expanduser()
     check_embeddings_output(output_path, names, options.overwrite)
+    check_free(output_path, EMBEDDING_ROOM * len(names), f"importing {len(names)} embedding(s)", "run it again")
     written = []
     for file, name, (original_token, vector, token_id) in zip(files, names, loaded, strict=True):
         metadata = {
@@ -364,7 +377,8 @@ def import_embedding(options: ImportEmbeddingOptions) -> list[Path]:
                 "token_id_note": "id in the BERT tokenizer of the original LDM code (bert-base-uncased)",
             },
         }
-        folder = write_embedding_dir(output_path, name, token, vector, metadata, options.overwrite)
+        again = "run the same command with --overwrite true" if written else "run the same command again"
+        folder = write_embedding_dir(output_path, name, token, vector, metadata, options.overwrite, again)
         logger.info("%s: wrote %s and %s from %s", name, folder / EMBEDDING_FILE, METADATA_FILE, file)
         written.append(folder)
     return written

@@ -15,10 +15,8 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from typing import Any
 import torch
 
 from anomalib_anogen.core.errors import AnogenInputError
-from anomalib_anogen.core.files import check_writable_folder, sha256_file
+from anomalib_anogen.core.files import check_writable_folder, sha256_bytes, sha256_file, write_all, write_fault
+from anomalib_anogen.core.torch_files import not_a_torch_file, read_failure, refused_global
 
 logger = logging.getLogger(__name__)
 
@@ -82,20 +81,33 @@ def check_embeddings_output(
 
 
 def write_embedding_dir(
-    output: Path, defect: str, token: str, vector: torch.Tensor, metadata: dict[str, Any], overwrite: bool
+    output: Path,
+    defect: str,
+    token: str,
+    vector: torch.Tensor,
+    metadata: dict[str, Any],
+    overwrite: bool,
+    again: str = "run the same command again",
 ) -> Path:
-    """Write one defect's embedding atomically: temporary folder, then rename; returns the final folder."""
-    from safetensors.torch import save_file
+    """Write one defect's embedding atomically: temporary folder, then rename; returns the final folder.
 
-    output.mkdir(parents=True, exist_ok=True)
+    A write that the machine refuses (a full disk) leaves no part of it and raises :class:`AnogenFaultError`
+    naming the file and ``again``, how to go on.
+    """
+    from safetensors.torch import save
+
     final = output / defect
     temporary = output / f".{defect}.tmp-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
+    tensor = vector.detach().to("cpu", torch.float32).reshape(-1, vector.shape[-1]).contiguous()
+    data = save({token: tensor}, metadata={"format": "pt"})  # the bytes of safetensors' save_file
+    file = temporary / EMBEDDING_FILE
     try:
-        tensor = vector.detach().to("cpu", torch.float32).reshape(-1, vector.shape[-1]).contiguous()
-        save_file({token: tensor}, str(temporary / EMBEDDING_FILE), metadata={"format": "pt"})
-        metadata = {**metadata, "embedding_sha256": sha256_file(temporary / EMBEDDING_FILE)}
-        (temporary / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
+        output.mkdir(parents=True, exist_ok=True)
+        temporary.mkdir()
+        _write_new(file, data)
+        metadata = {**metadata, "embedding_sha256": sha256_bytes(data)}
+        file = temporary / METADATA_FILE
+        _write_new(file, (json.dumps(metadata, indent=2, sort_keys=False) + "\n").encode())
         if final.exists():
             if not overwrite:
                 msg = f"{final}: appeared while learning; pass --overwrite to replace it"
@@ -106,10 +118,23 @@ def write_embedding_dir(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(temporary, final)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        what = f"the embedding of {defect} (nothing of it was kept)"
+        raise write_fault(final / file.name, what, error, again) from error
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return final
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (in a fresh temporary folder) and write ``data`` into it."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        write_all(descriptor, data)
+    finally:
+        os.close(descriptor)
 
 
 def _require_finite(path: Path, vector: torch.Tensor, fix: str) -> None:
@@ -213,53 +238,8 @@ def apply_embedding(backbone: Any, embedding: Embedding, token: str | None = Non
 # The authors' released embeddings
 
 
-# torch.save's legacy (pre-zip) format starts with its magic number 0x1950a86a20f9469cfc6c as a protocol-2 pickle.
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
-_FILE_SIGNATURES = (
-    (b"\x89PNG", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"),
-    (b"%PDF", "a PDF document"),
-    (b"\x1f\x8b", "gzip-compressed data"),
-)
 _ALLOWED = "tensors, torch.nn.Parameter, torch.nn.ParameterDict and plain containers"
 _EXPECTED = "a released AnoGen embedding (a dict of exactly string_to_token and string_to_param)"
-
-
-def _not_torch(path: Path) -> str | None:
-    """What ``path`` looks like when it is not a file of ``torch.save`` (zip with data.pkl, or legacy), else None."""
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
-    if not head:
-        return "it is empty"
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return "it is a damaged zip archive"
-        return None if any(name.endswith("data.pkl") for name in names) else "it is a zip archive without data.pkl"
-    if head.startswith(_TORCH_LEGACY_MAGIC):
-        return None
-    if head.startswith(b"PK\x03\x04"):
-        return "it is a truncated or damaged zip archive (torch.save writes zip archives)"
-    if head[:1] == b"\x80":
-        return "it is a plain Python pickle, which is never unpickled here"
-    for signature, what in _FILE_SIGNATURES:
-        if head.startswith(signature):
-            return f"it looks like {what}"
-    header_size = int.from_bytes(head[:8], "little") if len(head) > 8 else 0
-    if head[8:9] == b"{" and 0 < header_size <= path.stat().st_size - 8:
-        return "it looks like a safetensors file, which anogen reads as it is (no import needed)"
-    try:
-        text = head.decode("utf-8").lstrip()
-    except UnicodeDecodeError:
-        return "it holds binary data of an unknown kind"
-    if text.startswith(("{", "[")):
-        return "it looks like JSON"
-    if text.startswith("<"):
-        return "it looks like XML or HTML"
-    return "it looks like text"
 
 
 def _describe(data: Any) -> str:
@@ -281,7 +261,7 @@ def load_released(path: str | Path) -> tuple[str, torch.Tensor, int]:
     if not path.is_file():
         msg = f"{path}: file not found"
         raise AnogenInputError(msg)
-    not_torch = _not_torch(path)
+    not_torch = not_a_torch_file(path)
     if not_torch:
         msg = f"{path}: not a torch file ({not_torch}); expected {_EXPECTED}"
         raise AnogenInputError(msg)
@@ -290,14 +270,13 @@ def load_released(path: str | Path) -> tuple[str, torch.Tensor, int]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's own message suggests loading without the allow-list; only the refused class is passed on.
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        what = f"an object of class {found.group(1)}" if found else "pickle instructions"
+        found = refused_global(error)
+        what = f"an object of class {found}" if found else "pickle instructions"
         msg = f"{path}: refused, a torch file holding {what} outside the allow-list ({_ALLOWED}); nothing in it was run"
         raise AnogenInputError(msg) from error
     except (RuntimeError, OSError, EOFError, ValueError) as error:
-        detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
-        detail = "" if "weights_only" in detail else f" ({detail})"
-        msg = f"{path}: a torch file that cannot be read, damaged or truncated{detail}"
+        detail = read_failure(error)
+        msg = f"{path}: a torch file that cannot be read, damaged or truncated{f' ({detail})' if detail else ''}"
         raise AnogenInputError(msg) from error
     if not isinstance(data, dict) or set(data) != {"string_to_token", "string_to_param"}:
         msg = f"{path}: refused, a torch file holding {_describe(data)}; expected {_EXPECTED}"

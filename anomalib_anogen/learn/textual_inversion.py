@@ -246,8 +246,16 @@ def _placeholder_tokens(backbone: Backbone, token: str, init_word: str) -> tuple
     The backbone's own tokenizer stays untouched for the next defect.
     """
     tokenizer = copy.deepcopy(backbone.tokenizer)
-    if token in tokenizer.get_vocab():
-        msg = f"token {token!r} already exists in the backbone's vocabulary; pick another --token"
+    known = tokenizer.encode(token, add_special_tokens=False)
+    if token in tokenizer.get_vocab() or len(known) == 1:
+        # CLIP's vocabulary holds a word with its end-of-word mark ("defect</w>"), so "defect" itself is not a key
+        # of it, yet the tokenizer reads it as that one known token: learning it would change what the word means.
+        as_read = tokenizer.convert_ids_to_tokens(known)[0] if len(known) == 1 else token
+        read = f" (read as {as_read!r})" if as_read != token else ""
+        msg = (
+            f"--token {token!r} already exists in the backbone's vocabulary{read}; pick a new word, such as the "
+            "default <anogen-{defect}>"
+        )
         raise AnogenInputError(msg)
     init_ids = tokenizer.encode(init_word, add_special_tokens=False)
     if len(init_ids) != 1:

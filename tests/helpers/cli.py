@@ -58,10 +58,13 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Comp
     )
 
 
-def error_line(args: list[str], capsys: pytest.CaptureFixture, command: str = "generate") -> str:
-    """Run the CLI, expect exit 2 and a single ``error:`` line (no traceback); return that line."""
+def error_line(args: list[str], capsys: pytest.CaptureFixture, command: str = "generate", code: int = 2) -> str:
+    """Run the CLI, expect exit ``code`` and a single ``error:`` line (no traceback); return that line.
+
+    ``code`` is 2 for bad input, 74 for a machine fault (a full disk).
+    """
     capsys.readouterr()
-    assert cli_main(args) == 2
+    assert cli_main(args) == code
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
     assert len(err) == 1 and err[0].startswith(f"anogen {command}: error:"), err
     return err[0]

@@ -38,6 +38,17 @@ NEVER_ENDING = 2**62
 logger = logging.getLogger(__name__)
 
 
+def _worker_message(error: BankError) -> str:
+    """The message of a :class:`BankError` that a DataLoader worker raised.
+
+    The error is re-raised here with the worker's traceback as its text; the message is its last line.
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else str(error)
+    prefix = f"{BankError.__module__}.{BankError.__name__}: "
+    return last.split(prefix, 1)[1] if prefix in last else last
+
+
 class BankDataset(Dataset):
     """Bank records as ``(anomalous image, box mask, source image)`` at one size, floats in [0, 1].
 
@@ -53,7 +64,15 @@ class BankDataset(Dataset):
         return len(self.records)
 
     def _read(self, path: Path, mode: ImageReadMode) -> torch.Tensor:
-        return decode_image(read_file(str(path)), mode=mode)
+        try:
+            return decode_image(read_file(str(path)), mode=mode)
+        except (RuntimeError, OSError, ValueError) as error:  # changed after load_bank decoded it
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            msg = (
+                f"bank_dir: {path}: this bank file cannot be read during training ({detail}); it changed after "
+                "the bank was checked when training started. Regenerate the bank (`anogen generate ... --resume true`)."
+            )
+            raise BankError(msg) from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         record = self.records[index]
@@ -212,7 +231,11 @@ class AnoGenAnomalyGenerator(nn.Module):
         if self._stream is None or self._stream_size != size:
             self._open_stream(size)
         while len(self._pending) < count:
-            images, masks, sources = next(self._stream)  # type: ignore[arg-type]
+            try:
+                images, masks, sources = next(self._stream)  # type: ignore[arg-type]
+            except BankError as error:  # from a worker, re-raised with its traceback as text: keep our one line
+                self.close()
+                raise BankError(_worker_message(error)) from None
             self._pending.extend(zip(images, masks, sources, strict=True))
         drawn = [self._pending.popleft() for _ in range(count)]
         return tuple(torch.stack(parts) for parts in zip(*drawn, strict=True))  # type: ignore[return-value]

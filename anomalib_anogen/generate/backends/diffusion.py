@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib_anogen.core.backbones import Backbone
 from anomalib_anogen.core.devices import dtype_of, resolve_precision
 from anomalib_anogen.generate.boxes import PlacedBox, box_mask, composite, derived_seed, feather_alpha
+from anomalib_anogen.generate.output_checks import check_finite
 from anomalib_anogen.generate.settings import GenerateSettings
 from anomalib_anogen.generate.work import NormalImage, SourceCache, WorkItem
 
@@ -84,8 +85,17 @@ class BlendedSampler:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Scaled latents -> uint8 RGB ``[B, H, W, 3]``."""
-        pixels = self.backbone.vae.decode((latents / self.backbone.scaling_factor).to(self.dtype)).sample
-        pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return self.to_uint8(self.decode_floats(latents))
+
+    @torch.inference_mode()
+    def decode_floats(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> the VAE's pixels ``[B, 3, H, W]`` in float32, about [-1, 1] (not clamped: NaN stays)."""
+        return self.backbone.vae.decode((latents / self.backbone.scaling_factor).to(self.dtype)).sample.float()
+
+    @staticmethod
+    def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+        """Decoded pixels ``[B, 3, H, W]`` -> uint8 RGB ``[B, H, W, 3]``."""
+        pixels = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
     def latent_mask(self, masks: np.ndarray) -> torch.Tensor:
@@ -201,7 +211,11 @@ class DiffusionMaker:
             seeds=[derived_seed(self.settings.seed, item.record_id) for item in chunk],
             masked_latents=masked,
         )
-        decoded = self.sampler.decode(self.sampler.sample(batch))
+        latents = self.sampler.sample(batch)
+        pixels = self.sampler.decode_floats(latents)
+        finite = torch.isfinite(latents).flatten(1).all(1) & torch.isfinite(pixels).flatten(1).all(1)
+        check_finite([item.record_id for item in chunk], finite.tolist(), self.settings)  # before 8 bits hide it
+        decoded = self.sampler.to_uint8(pixels)
         for item, mask, image in zip(chunk, masks, decoded, strict=True):
             if self.settings.keep_outside:
                 image = composite(cache.image(item.source), image, feather_alpha(mask, self.settings.feather))

@@ -15,6 +15,7 @@ from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from torch import nn
 
+from anomalib_anogen.arguments import note_plugin_model
 from anomalib_anogen.data.generators import GeneratorSpec, resolve_generator
 from anomalib_anogen.metrics import anogen_evaluator
 
@@ -97,6 +98,11 @@ class SyntheticAnomalyModel:
     post_processor: PostProcessor | None
     generator_spec: GeneratorSpec
     _modules: dict[str, nn.Module]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "SyntheticAnomalyModel":
+        """Note that one of the plugin's models is in use (anomalib's CLI then words checkpoint errors in one line)."""
+        note_plugin_model()
+        return super().__new__(cls)
 
     @property
     def augmenter(self) -> nn.Module:

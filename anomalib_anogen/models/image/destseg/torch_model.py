@@ -11,6 +11,7 @@ synthetic anomalies are blended in pixel space ([0, 1]) and the exported model t
 images like every other anomalib model.
 """
 
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from anomalib_anogen.arguments import ModelArgumentError
+from anomalib_anogen.core.torch_files import not_a_torch_file, read_failure, refused_global
 
 __all__ = ["RANDOM_WEIGHTS", "AsppHead", "DenoisingStudent", "DestsegModel", "SegmentationNetwork"]
 
@@ -155,6 +157,25 @@ class SegmentationNetwork(nn.Module):
         return self.head(self.res(features))
 
 
+STATE_DICT_HINT = (
+    "Save the resnet18 weights as a state dict where you made them, `torch.save(model.state_dict(), "
+    "'resnet18.pth')` (or safetensors' `save_file(model.state_dict(), 'resnet18.safetensors')`), and pass that file; "
+    "or download timm's: `python -c \"import timm, torch; torch.save(timm.create_model('resnet18', pretrained=True)"
+    ".state_dict(), 'resnet18.pth')\"`"
+)
+
+
+def _pickled(found: str | None) -> str:
+    """What a pickle that ``weights_only`` refused holds, without running it: a whole model, or other code."""
+    if found is None:
+        what = "pickle instructions that a state dict never holds"
+    elif found.startswith(("torch.nn.", "timm.", "torchvision.", "anomalib")):
+        what = f"a whole model (an object of class {found}, as torch.save(model) writes), not a state dict"
+    else:
+        what = f"a reference to {found}, which a state dict never holds (unpickled, it would run code)"
+    return f"it holds {what}; nothing in it was run"
+
+
 def load_teacher_state(path: str | Path, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read a timm/torchvision resnet18 state dict and keep what the teacher (layers up to 3) needs.
 
@@ -165,6 +186,11 @@ def load_teacher_state(path: str | Path, expected: Mapping[str, torch.Tensor]) -
     if not path.is_file():
         msg = f"pretrained_weights: file '{path}' does not exist. {WEIGHTS_HINT}"
         raise ModelArgumentError(msg)
+    if path.suffix != ".safetensors":
+        what = not_a_torch_file(path)
+        if what:
+            msg = f"pretrained_weights: '{path}' is not a torch file ({what}). {STATE_DICT_HINT}"
+            raise ModelArgumentError(msg)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -172,9 +198,16 @@ def load_teacher_state(path: str | Path, expected: Mapping[str, torch.Tensor]) -
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text suggests weights_only=False, which would run the file
+        msg = f"pretrained_weights: refused '{path}': {_pickled(refused_global(error))}. {STATE_DICT_HINT}"
+        raise ModelArgumentError(msg) from None
     except Exception as error:
-        msg = f"pretrained_weights: could not read '{path}' as a state dict ({error}). {WEIGHTS_HINT}"
-        raise ModelArgumentError(msg) from error
+        detail = read_failure(error)
+        msg = (
+            f"pretrained_weights: could not read '{path}' as a state dict (damaged or truncated"
+            f"{f': {detail}' if detail else ''}). {STATE_DICT_HINT}"
+        )
+        raise ModelArgumentError(msg) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
