@@ -519,9 +519,7 @@ def test_an_unchanged_or_flat_image_stops_the_run(
     assert "the generated image is unchanged inside its box, which its mask marks as anomaly; --keep_outside " in line
     assert "with --feather 24 px blends the defect in at 0." in line and "lower --feather" in line
     with monkeypatch.context() as patch:
-        patch.setattr(
-            paste, "paste", lambda normal, box, pixels, cutouts, rng, blend: (np.zeros_like(normal), cutouts[0])
-        )
+        patch.setattr(paste, "paste", lambda normal, box, pixels, cutout, rng, blend: np.zeros_like(normal))
         line = error_line(paste_args(toy_inputs, tmp_path / "b"), capsys)
     assert "the generated image is one flat colour (grey level 0); check the normal image and the support set" in line
     assert (tmp_path / "b" / MANIFEST_NAME).read_text() == ""  # nothing recorded

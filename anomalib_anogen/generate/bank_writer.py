@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from anomalib_anogen.core.files import (
     sha256_bytes,
     write_all,
     write_atomic,
+    write_fault,
 )
 from anomalib_anogen.data.bank import MANIFEST_NAME, QUALITY_NAME, SUMMARY_NAME, image_path, mask_path
 
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 BANK_FORMAT = "anogen-bank/1"
 NORMAL_DIR = "normal"  # resized copies of normal images that are not at the output size
 BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, QUALITY_NAME, SUMMARY_NAME)  # deletion order, --overwrite
+DISK_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})  # a write the machine refused (exit code 74)
 LOCK_NAME = "bank.lock"  # held by the run that writes the bank; never part of it
 PENDING_PER_WRITER = 2  # records handed to the writer threads and not yet recorded, per thread (bounds memory)
 
@@ -219,6 +222,8 @@ class BankLock:
                     if self.path.stat().st_size == 0:
                         self.path.unlink()
             remove_created(self._created)
+            if error.errno in DISK_FAULTS:  # the machine's fault, not the user's choice of folder
+                raise write_fault(self.path, "the lock file", error, "run the same command again") from error
             msg = (
                 f"{self.output}: cannot write the --output folder ({error.strerror or error}: {self.path}); "
                 "choose a writable folder"

@@ -18,9 +18,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalib_anogen.core.files import sha256_file, write_fault
+from anomalib_anogen.core.files import sha256_file
 from anomalib_anogen.core.threads import SMALL_BACKBONES, thread_count, torch_threads
-from anomalib_anogen.generate.bank_writer import LOCK_NAME, BankLock, check_bank_output, check_target
+from anomalib_anogen.generate.bank_writer import BankLock, check_bank_output, check_target
 from anomalib_anogen.generate.capacity import check_disk
 from anomalib_anogen.generate.foreground import resolve_rule
 from anomalib_anogen.generate.inputs import Inputs, check_records, read_inputs
@@ -51,7 +51,7 @@ def generate(options: GenerateOptions) -> Path:
     # One writer per bank: the lock is taken before any work and released however the run ends (see BankLock).
     with ExitStack() as held:
         if first:
-            _take_lock(held, output)
+            held.enter_context(BankLock(output))
         inputs = read_inputs(options)
         gate, gate_record = quality_gate(options, inputs)
         settings = bank_settings(options, inputs, gate_record)
@@ -129,14 +129,6 @@ def quality_gate(options: GenerateOptions, inputs: Inputs) -> tuple[QualityGate,
             limits.origin["max_leak"],
         )
     return gate, recorded or None
-
-
-def _take_lock(held: ExitStack, output: Path) -> None:
-    """Hold the bank's lock in ``held``; a disk that cannot take the lock file's one line is a machine fault."""
-    try:
-        held.enter_context(BankLock(output))
-    except OSError as error:  # the lock removed its file and the folders it created
-        raise write_fault(output / LOCK_NAME, "the lock file", error, "run the same command again") from error
 
 
 def bank_settings(options: GenerateOptions, inputs: Inputs, quality: dict[str, Any] | None = None) -> GenerateSettings:
