@@ -28,3 +28,30 @@ def test_prediction_sheet_rows_show_image_overlay_and_truth(tmp_path: Path) -> N
     assert (hot[..., 0] - hot[..., 2]).mean() > 50 > (cold[..., 0] - cold[..., 2]).mean()  # red where the map is high
     assert (gt[truth] == 255).all() and (gt[~truth] == 0).all()
     assert (sheet[64:, 128:] == 0).all()  # no ground truth: an empty mask
+
+
+def test_score_separation_and_the_rows_the_sheet_shows() -> None:
+    from anomalib_anogen.demo import score_separation, sheet_rows
+
+    root = Path("test")
+    scores = {
+        root / "good" / "000.png": 0.2,
+        root / "good" / "001.png": 0.6,
+        root / "crack" / "000.png": 0.7,
+        root / "crack" / "001.png": 0.4,
+        root / "crack" / "002.png": 0.9,
+        root / "hole" / "000.png": 0.8,
+    }
+    separation = score_separation(scores)
+    assert separation.good == (0.2, 0.6) and separation.defective == (0.4, 0.9)
+    assert separation.image_auroc == 7 / 8  # of the 8 (defective, good) pairs only (0.4, 0.6) is in the wrong order
+    assert (separation.flagged, separation.passed) == (0.75, 0.5)
+    assert "image AUROC 0.875" in separation.describe()
+    rows = sheet_rows(scores)  # good first, then per type its lowest- and highest-scored image
+    assert rows == [
+        root / "good" / "000.png",
+        root / "good" / "001.png",
+        root / "crack" / "001.png",
+        root / "crack" / "002.png",
+        root / "hole" / "000.png",
+    ]
