@@ -623,6 +623,8 @@ INTERRUPTED_AFTER_5_RECORDS = """
 import os, signal, sys
 from anomalib_anogen.cli import main
 from anomalib_anogen.generate.bank_writer import BankWriter
+# as in a terminal: a test run started in the background inherits SIGINT ignored, and Python then keeps it ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 append, appended = BankWriter._append, []
 def append_then_ctrl_c(self, *args):
     append(self, *args)
