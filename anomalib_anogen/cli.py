@@ -66,6 +66,13 @@ COMMANDS: dict[str, Command] = {
         "Write a contact sheet of an anomaly bank (normal | generated with box | mask per defect type).",
         positional=True,
     ),
+    "evaluate": Command(
+        "anomalib_anogen.evaluate.command",
+        "evaluate",
+        "anomalib_anogen.evaluate.options:EvaluateOptions",
+        "Judge an anomaly bank: train a small U-Net on it alone and test it on real anomalies (pixel AP, PRO, AUROC).",
+        positional=True,
+    ),
 }
 
 

@@ -31,6 +31,11 @@ MAX_LR = 1.0
 MAX_WRITERS = 32  # --writers: threads that encode and write a bank's files
 MAX_CELL = 1024  # anogen show: pixels per side of a sheet's cell
 MAX_PRIORS_MARGIN = 10  # --priors_margin: a share added to the measured box sizes
+EVALUATE_SIZE_STEP = 32  # anogen evaluate: the U-Net (DRAEM's discriminative sub-network) halves the side 5 times
+MAX_EVALUATE_SIZE = 1024  # anogen evaluate --image_size: the whole bank is held in memory at this side
+MAX_EVALUATE_WIDTH = 256  # anogen evaluate --width: DRAEM's own is 64
+MAX_EVALUATE_BATCH_SIZE = 1024
+MAX_EVALUATE_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
