@@ -66,6 +66,13 @@ COMMANDS: dict[str, Command] = {
         "Write a contact sheet of an anomaly bank (normal | generated with box | mask per defect type).",
         positional=True,
     ),
+    "check": Command(
+        "anomalib_anogen.generate.check",
+        "check",
+        "anomalib_anogen.generate.check:CheckOptions",
+        "Measure an anomaly bank's quality (visibility, on_object, leak) and judge it, without rewriting it.",
+        positional=True,
+    ),
     "evaluate": Command(
         "anomalib_anogen.evaluate.command",
         "evaluate",

@@ -251,6 +251,28 @@ RULES: tuple[Rule, ...] = (
         needs=("runs/bottle/bank-placed",),
         makes=("--output",),
     ),
+    # ---- docs/quality.md: the quality measures, the gate, injected faults
+    Rule(r"anogen check runs/bottle/bank-q( .*)?", needs=("runs/bottle/bank-q",), expect=("| defect | records |",)),
+    Rule(
+        r"python -m anomalib_anogen\.generate\.faults runs/bottle/bank-q runs/bottle/bank-faulty",
+        needs=("runs/bottle/bank-q",),
+        makes=("runs/bottle/bank-faulty",),
+    ),
+    Rule(
+        r"anogen check runs/bottle/bank-faulty --write true",
+        needs=("runs/bottle/bank-faulty",),
+        copy_needs=True,  # it writes quality.json into the bank
+        makes=("runs/bottle/bank-faulty/quality.json",),
+        expect=("rejected; the `anogen` generator skips them",),
+    ),
+    Rule(r"anogen show runs/bottle/bank-q --worst .*", needs=("runs/bottle/bank-q",), makes=("--output",)),
+    Rule(r"anogen show runs/bottle/bank-faulty --worst .*", needs=("runs/bottle/bank-faulty",), makes=("--output",)),
+    Rule(
+        r"python scripts/quality_figure\.py runs/bottle/bank-faulty --output \S+",
+        files=(("scripts/quality_figure.py", "scripts/quality_figure.py"),),
+        needs=("runs/bottle/bank-faulty",),
+        makes=("--output",),
+    ),
     # ---- python one-liners
     Rule(
         r"python -c import timm, torch; .*pretrained=True.*",
@@ -505,6 +527,7 @@ class Workspace:
         cwd.mkdir()
         (cwd / "configs").symlink_to(REPO / "configs")
         for path, source in rule.files:
+            (cwd / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(REPO / source, cwd / path)
         for path, source in inputs.items():
             (cwd / path).parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def test_records_marked_rejected_are_left_out(bank_copy: Path, toy_root: Path, t
     manifest = bank_copy / "manifest.jsonl"
     entries = [json.loads(line) for line in manifest.read_text().splitlines()]
     for entry in entries[:5]:
-        entry["rejected"] = "invisible"
+        entry["rejected"], entry["rejected_for"] = True, ["visibility"]
     manifest.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     result = evaluate(
         EvaluateOptions(str(bank_copy), test=str(toy_root / CATEGORY), output=str(tmp_path / "r.json"), **TINY)
@@ -79,7 +79,7 @@ def test_records_marked_rejected_are_left_out(bank_copy: Path, toy_root: Path, t
     for entry in entries:
         entry["rejected"] = True
     manifest.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
-    with pytest.raises(AnogenInputError, match="every one of the bank's 16 records is marked rejected"):
+    with pytest.raises(AnogenInputError, match="the quality gate rejected every one of the bank's 16 records"):
         evaluate(EvaluateOptions(str(bank_copy), test=str(toy_root / CATEGORY), output=str(tmp_path / "s.json")))
 
 

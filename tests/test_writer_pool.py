@@ -45,6 +45,10 @@ def test_a_bank_written_by_3_writers_is_byte_identical_to_a_serial_one(
     assert len(load_bank(pooled)) == 24
     assert any(name.startswith("normal/") for name in files) == (resolution is not None)
     assert "writers" not in json.loads(files[SUMMARY_NAME])["settings"]
+    # the quality measures and verdicts (docs/quality.md) are part of those bytes
+    records = [json.loads(line) for line in files[MANIFEST_NAME].splitlines()]
+    assert all({"quality", "rejected", "rejected_for"} <= set(r) for r in records)
+    assert "quality" in json.loads(files[SUMMARY_NAME])
 
 
 def test_writers_are_not_part_of_the_settings_a_resume_checks(toy_inputs: dict[str, str], tmp_path: Path) -> None:
@@ -53,7 +57,7 @@ def test_writers_are_not_part_of_the_settings_a_resume_checks(toy_inputs: dict[s
     lines = (partial / MANIFEST_NAME).read_bytes().splitlines(keepends=True)
     (partial / MANIFEST_NAME).write_bytes(b"".join(lines[:7]))
     bank(toy_inputs, partial, writers=4, resume=True)
-    assert all_files(partial) == all_files(whole)
+    assert all_files(partial) == all_files(whole)  # the records' quality and bank.json's summary included
 
 
 class FailingWrite:

@@ -4,8 +4,13 @@ Layout (written by ``anogen generate``)::
 
     bank/images/<defect>/<id>.png        generated anomalous image
     bank/masks/<defect>/<id>_mask.png    its box, 0/255
-    bank/manifest.jsonl                  one JSON record per image (id, defect, source, hashes, box, ...)
+    bank/manifest.jsonl                  one JSON record per image (id, defect, source, hashes, box, quality, ...)
     bank/bank.json                       summary and settings
+    bank/quality.json                    optional: measures and verdicts of `anogen check --write true`
+
+A record the quality gate rejected (``rejected: true``, docs/quality.md) stays in the bank, for ``anogen show``
+to show; training skips it. ``quality.json``'s verdict on a record overrides the manifest's when it was made on
+the same image file (its ``image_sha256``).
 
 A record's ``source`` is the normal image the anomaly was generated from: a detector must
 reconstruct *that* image, so the pairing is kept through every resize and rotation.
@@ -19,6 +24,7 @@ from anomalib_anogen.core.errors import AnogenInputError
 
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "bank.json"
+QUALITY_NAME = "quality.json"  # `anogen check --write true`: measures and verdicts of the bank's current files
 HOW_TO_MAKE = (
     "Make one with `anogen generate --normal <normal images> --embeddings <learned embeddings> --output <bank>` "
     "(or `--backend paste --support <support set>` without model weights); see docs/generate.md."
@@ -38,6 +44,42 @@ class BankRecord:
     image: Path
     mask: Path
     source: Path
+    quality: dict | None = None  # the measures (visibility, on_object, leak, ...), when the bank has them
+    rejected_for: tuple[str, ...] = ()  # the measures the quality gate rejected it for; empty: accepted
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the quality gate rejected this record (training skips it)."""
+        return bool(self.rejected_for)
+
+
+def read_verdicts(bank_dir: Path) -> dict[str, dict]:
+    """``quality.json``'s verdicts per record id (``{}`` without the file); a malformed file is a ``BankError``."""
+    file = bank_dir / QUALITY_NAME
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        records = data["records"]
+        if not isinstance(records, dict) or not all(isinstance(v, dict) for v in records.values()):
+            problem = "records must map ids to objects"
+            raise TypeError(problem)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        msg = f"bank_dir: {file} cannot be read ({error}). Write it again with `anogen check {bank_dir} --write true`."
+        raise BankError(msg) from error
+    return records
+
+
+def _verdict(entry: dict, verdicts: dict[str, dict]) -> tuple[dict | None, tuple[str, ...]]:
+    """A record's measures and rejection reasons: quality.json's for the same image file, else the manifest's."""
+    found = verdicts.get(str(entry.get("id")))
+    if found is not None and found.get("image_sha256") == entry.get("image_sha256"):
+        entry = found
+    quality = entry.get("quality") if isinstance(entry.get("quality"), dict) else None
+    reasons = tuple(str(r) for r in entry.get("rejected_for") or ())
+    if entry.get("rejected") and not reasons:
+        reasons = ("rejected",)
+    return quality, reasons if entry.get("rejected") else ()
 
 
 def image_path(bank_dir: Path, defect: str, record_id: str) -> Path:
@@ -65,6 +107,7 @@ def load_bank(bank_dir: Path | str, exclude_defects: list[str] | tuple[str, ...]
         msg = f"bank_dir: '{bank_dir}' is not an anomaly bank (no {MANIFEST_NAME}). {HOW_TO_MAKE}"
         raise BankError(msg)
     excluded = set(exclude_defects)
+    verdicts = read_verdicts(bank_dir)
     records: list[BankRecord] = []
     with manifest.open(encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):
@@ -80,12 +123,15 @@ def load_bank(bank_dir: Path | str, exclude_defects: list[str] | tuple[str, ...]
                 continue
             if not source.is_absolute():
                 source = bank_dir / source
+            quality, rejected_for = _verdict(entry, verdicts)
             record = BankRecord(
                 record_id=record_id,
                 defect=defect,
                 image=image_path(bank_dir, defect, record_id),
                 mask=mask_path(bank_dir, defect, record_id),
                 source=source,
+                quality=quality,
+                rejected_for=rejected_for,
             )
             for kind, path in (("an image", record.image), ("a mask", record.mask), ("a source image", record.source)):
                 if not path.is_file():

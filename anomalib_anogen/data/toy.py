@@ -151,6 +151,69 @@ def dark_part(size: int = 256, seed: int = 0, height: int | None = None) -> tupl
     return np.clip(image, 0, 255).astype(np.uint8), reference
 
 
+# The defect types of :func:`make_dark_product`: dark holes (small beads) and dark cuts (long thin lines).
+DARK_DEFECTS = ("cut", "hole")
+
+
+def _dark_defect(rng: np.random.Generator, part: np.ndarray, defect: str, index: int) -> np.ndarray:
+    """A defect mask on the part of a :func:`dark_part` image: beads (``hole``) or one long thin line (``cut``)."""
+    height, width = part.shape
+    ys, xs = np.nonzero(_erode(part, max(3, width // 8)))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    mask = np.zeros(part.shape, bool)
+    if defect == "hole":  # 11 x 19 px beads at 256 px (one image: a second, smaller one)
+        sizes = [(11, 19), (7, 7)] if index == 1 else [(11, 19) if index == 0 else (13, 17)]
+        for bead_w, bead_h in sizes:
+            at = int(rng.integers(len(ys)))
+            scale = width / 256
+            mask |= ((xx - xs[at]) / (bead_w * scale / 2)) ** 2 + ((yy - ys[at]) / (bead_h * scale / 2)) ** 2 < 1
+        return mask
+    at = int(rng.integers(len(ys)))  # cut: 90 x 3 px (or 3 x 70 px), clipped to the part
+    long, thin = (90, 3) if index != 1 else (70, 3)
+    long, thin = long * width / 256, max(1.0, thin * width / 256)
+    along, across = (xx - xs[at], yy - ys[at]) if index != 1 else (yy - ys[at], xx - xs[at])
+    return (np.abs(along) < long / 2) & (np.abs(across) < thin / 2) & part
+
+
+def _erode(mask: np.ndarray, side: int) -> np.ndarray:
+    """``mask`` eroded by a square of ``side`` pixels (bool)."""
+    import cv2
+
+    return cv2.erode(mask.astype(np.uint8), np.ones((side, side), np.uint8)).astype(bool)
+
+
+def make_dark_product(root: Path | str, size: int = 256, n_normal: int = 12, shots: int = 3, seed: int = 0) -> Path:
+    """A dark product: :func:`dark_part` images and a support set of dark ``hole`` beads and ``cut`` lines.
+
+    ``root/normal/<nnn>.png`` and ``root/support/<defect>/s<nn>.png`` with ``s<nn>_mask.png``. The defects are
+    darker than the part (grey 10-16, neutral, soft-edged) and have no MVTec name, so ``anogen generate`` derives
+    the priors from the support masks (``--priors auto``). The paste backend's test and measurement case for
+    aspect ratio and colour (docs/quality.md).
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root)
+    for index in range(n_normal):
+        image, _ = dark_part(size, seed=1000 + index)
+        _save(image, folder / "normal" / f"{index:03d}.png")
+    for defect in DARK_DEFECTS:
+        for index in range(shots):
+            image, part = dark_part(size, seed=2000 + 10 * DARK_DEFECTS.index(defect) + index)
+            mask = _dark_defect(rng, part, defect, index)
+            soft = np.clip(_blur(mask.astype(np.float32), 0.8) * 1.5, 0, 1)[..., None]
+            dark = rng.uniform(10, 16) + rng.normal(0, 2, (size, size, 1))
+            out = image.astype(np.float32) * (1 - soft) + dark * soft
+            _save(out, folder / "support" / defect / f"s{index:02d}.png")
+            _save(mask.astype(np.float32) * 255, folder / "support" / defect / f"s{index:02d}_mask.png")
+    return folder
+
+
+def _blur(array: np.ndarray, sigma: float) -> np.ndarray:
+    """``array`` blurred with a Gaussian of ``sigma`` pixels."""
+    import cv2
+
+    return cv2.GaussianBlur(array, (0, 0), sigma)
+
+
 def disc_reference(image: np.ndarray, darker_than: int = 200) -> np.ndarray:
     """The reference mask of a round part on a bright background (MVTec bottle).
 

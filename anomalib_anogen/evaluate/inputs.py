@@ -14,7 +14,6 @@ evaluation side (bilinear), masks with nearest neighbour.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ from PIL import Image
 
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.core.images import IMAGE_SUFFIXES, is_ignored, load_mask_array, load_rgb
-from anomalib_anogen.data.bank import MANIFEST_NAME, BankError, BankRecord, load_bank, unfinished_bank
+from anomalib_anogen.data.bank import BankError, BankRecord, load_bank, unfinished_bank
 
 logger = logging.getLogger(__name__)
 
 NORMAL_FOLDER = "good"  # MVTec AD's normal test images
-REJECTED_KEY = "rejected"  # a manifest record with a true (or non-empty) value here is left out of training
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -51,22 +49,12 @@ class BankPairs:
         return sorted({record.defect for record in self.records})
 
 
-def rejected_records(bank: Path) -> set[tuple[str, str]]:
-    """``(defect, id)`` of the manifest records marked ``rejected`` (by a quality gate or by hand)."""
-    rejected = set()
-    with (bank / MANIFEST_NAME).open(encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # load_bank has refused a malformed manifest already
-            if isinstance(entry, dict) and entry.get(REJECTED_KEY):
-                rejected.add((str(entry.get("defect")), str(entry.get("id"))))
-    return rejected
-
-
 def read_bank(bank: str) -> BankPairs:
-    """The bank's records (without rejected ones) and sources; refuses a missing, unfinished or broken bank."""
+    """The bank's records and sources; refuses a missing, unfinished or broken bank.
+
+    Records that the quality gate rejected (``rejected`` in the manifest, or ``quality.json``'s verdict on the same
+    image file; docs/quality.md) are left out, as the detectors' ``anogen`` generator leaves them out, and counted.
+    """
     folder = Path(bank).expanduser()
     try:
         records = load_bank(folder)
@@ -79,10 +67,9 @@ def read_bank(bank: str) -> BankPairs:
             "generated); finish it by running the `anogen generate` command that made it again with --resume true"
         )
         raise AnogenInputError(msg)
-    rejected = rejected_records(folder)
-    kept = [record for record in records if (record.defect, record.record_id) not in rejected]
+    kept = [record for record in records if not record.rejected]
     if not kept:
-        msg = f"{folder}: every one of the bank's {len(records)} records is marked {REJECTED_KEY}; nothing to train on"
+        msg = f"{folder}: the quality gate rejected every one of the bank's {len(records)} records; nothing to train on"
         raise AnogenInputError(msg)
     for record in kept:
         image, mask = _size(record.image), _size(record.mask)

@@ -46,13 +46,13 @@ from anomalib_anogen.core.files import (
     sha256_bytes,
     write_atomic,
 )
-from anomalib_anogen.data.bank import MANIFEST_NAME, SUMMARY_NAME, image_path, mask_path
+from anomalib_anogen.data.bank import MANIFEST_NAME, QUALITY_NAME, SUMMARY_NAME, image_path, mask_path
 
 logger = logging.getLogger(__name__)
 
 BANK_FORMAT = "anogen-bank/1"
 NORMAL_DIR = "normal"  # resized copies of normal images that are not at the output size
-BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, SUMMARY_NAME)  # deletion order for --overwrite
+BANK_PARTS = ("images", "masks", NORMAL_DIR, MANIFEST_NAME, QUALITY_NAME, SUMMARY_NAME)  # deletion order, --overwrite
 LOCK_NAME = "bank.lock"  # held by the run that writes the bank; never part of it
 PENDING_PER_WRITER = 2  # records handed to the writer threads and not yet recorded, per thread (bounds memory)
 
@@ -271,9 +271,16 @@ def _write_file(path: Path, data: bytes) -> None:
 class BankWriter:
     """Files and manifest of one bank; every rank of a multi-device run holds one on the same folder."""
 
-    def __init__(self, output: Path, settings: dict[str, Any], writers: int = 0) -> None:
+    def __init__(
+        self,
+        output: Path,
+        settings: dict[str, Any],
+        writers: int = 0,
+        quality: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    ) -> None:
         self.output = output
         self.settings = settings
+        self.quality = quality  # the records' quality summary for bank.json (QualityGate.summary)
         self.manifest = output / MANIFEST_NAME
         self.writers = writers if writers >= 2 else 0  # 0 or 1: serial, in the generating thread
         self.limit = PENDING_PER_WRITER * self.writers  # records waiting to be recorded, at most
@@ -461,7 +468,8 @@ class BankWriter:
         return records
 
     def write_summary(self, complete: bool, records: Iterable[dict[str, Any]]) -> None:
-        """``bank.json``: format, version, settings (and their hash), whether complete, counts per defect."""
+        """``bank.json``: format, version, settings (and their hash), whether complete, counts per defect, quality."""
+        records = list(records)
         per_defect: dict[str, int] = {}
         for record in records:
             per_defect[record["defect"]] = per_defect.get(record["defect"], 0) + 1
@@ -474,4 +482,6 @@ class BankWriter:
             "settings_sha256": settings_sha256(self.settings),
             "settings": self.settings,
         }
+        if self.quality is not None:
+            summary["quality"] = self.quality(records)
         write_atomic(self.output / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())

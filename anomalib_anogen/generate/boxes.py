@@ -73,6 +73,34 @@ class PlacedBox:
     placement: float | None = None  # share of the box on the placement region (--placement), when there is one
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The shape a box must have: that of the defect it will hold (the paste backend's cut-out).
+
+    ``width`` and ``height`` are the defect's size as fractions of its own image's width (so their ratio is its
+    aspect ratio in pixels). With ``own_size`` (priors derived from these very support masks) the box is that
+    size times a factor drawn log-uniformly from ``[1 / (1 + margin), 1 + margin]``; otherwise it has the area
+    of a box drawn from the prior's ranges, reshaped to this aspect ratio.
+    """
+
+    width: float
+    height: float
+    own_size: bool = False
+    margin: float = 0.0
+
+    def draw(self, prior: BoxPrior, rng: np.random.Generator) -> tuple[float, float]:
+        """Width and height as fractions of the side (the longer at most 1)."""
+        if self.own_size:
+            factor = math.exp(float(rng.uniform(-1.0, 1.0)) * math.log1p(self.margin))
+            width, height = self.width * factor, self.height * factor
+        else:
+            area = float(rng.uniform(*prior.width)) * float(rng.uniform(*prior.height))
+            ratio = self.width / self.height
+            width, height = math.sqrt(area * ratio), math.sqrt(area / ratio)
+        longest = max(width, height)
+        return (width / longest, height / longest) if longest > 1 else (width, height)
+
+
 def derived_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (seed, record id, ...): every record's randomness is its own."""
     text = ":".join(str(part) for part in parts)
@@ -242,12 +270,21 @@ def sample_box(
     rng: np.random.Generator,
     min_foreground: float = MIN_FOREGROUND,
     max_tries: int = MAX_TRIES,
+    shape: Shape | None = None,
 ) -> PlacedBox:
-    """Draw boxes from ``prior`` until one lies at least ``min_foreground`` on the foreground (or give the best)."""
+    """Draw boxes from ``prior`` until one lies at least ``min_foreground`` on the foreground (or give the best).
+
+    ``shape``: the box takes the aspect ratio (and with ``own_size`` the size) of the defect it will hold; the
+    paper's independent width and height draws otherwise.
+    """
     best: PlacedBox | None = None
     for attempt in range(1, max_tries + 1):
-        w = round(float(rng.uniform(*prior.width)) * size, 2)
-        h = round(float(rng.uniform(*prior.height)) * size, 2)
+        if shape is None:
+            w = round(float(rng.uniform(*prior.width)) * size, 2)
+            h = round(float(rng.uniform(*prior.height)) * size, 2)
+        else:
+            width, height = shape.draw(prior, rng)
+            w, h = round(max(2.0, width * size), 2), round(max(2.0, height * size), 2)
         angle = round(float(rng.uniform(-90.0, 90.0)), 2) if prior.rotate else 0.0
         extent_w, extent_h = _extent(w, h, angle)
         if extent_w > size or extent_h > size:  # this angle does not fit; another draw may
@@ -263,8 +300,10 @@ def sample_box(
             return PlacedBox(box, fraction, attempt, False)
         if best is None or fraction > best.foreground:
             best = PlacedBox(box, fraction, attempt, True)
-    if best is None:  # no draw fitted at all: an unrotated box of the smallest prior size, centred
+    if best is None:  # no draw fitted at all: an unrotated box of the smallest prior size (or shape), centred
         w, h = prior.width[0] * size, prior.height[0] * size
+        if shape is not None:
+            w, h = (min(1.0, v) * size for v in (shape.width, shape.height))
         box = Box(size / 2, size / 2, round(w, 2), round(h, 2), 0.0)
         best = PlacedBox(box, float(foreground[box_mask(box, size) > 0].mean()), max_tries, True)
     return PlacedBox(best.box, best.foreground, max_tries, True)

@@ -28,6 +28,7 @@ from anomalib_anogen.core.devices import check_devices, check_precision
 from anomalib_anogen.core.errors import AnogenInputError
 from anomalib_anogen.generate.boxes import AUTO_MARGIN, MAX_TRIES, MIN_FOREGROUND
 from anomalib_anogen.generate.foreground import FOREGROUND_RULES
+from anomalib_anogen.generate.quality import check_limits
 
 BACKENDS = ("diffusion", "paste")
 BLENDS = ("feather", "poisson")  # the paste backend's blends (backends/paste.py)
@@ -90,6 +91,14 @@ class GenerateOptions:
         writers: Threads that PNG-encode, hash and write the bank's files while the next images are made, 0 to 32
             (0 or 1: one after another in the generation loop). The same bank either way; not part of its
             settings, so a --resume may use another value.
+        gate: Mark records whose quality measures (visibility, on_object, leak; docs/quality.md) break the limits
+            as rejected, so that the `anogen` generator skips them (false: measure and record only).
+        min_visibility: Reject a record whose visibility (its in-box change / the support anomalies' typical
+            change) is below this, >= 0 (default: derived from the support anomalies).
+        min_on_object: Reject a record with less than this share of its change on the part, 0 to 1 (default:
+            derived from the support anomalies).
+        max_leak: Reject a record whose mean change outside the box exceeds this share of the image's contrast,
+            >= 0 (default 0.1).
     """
 
     normal: str
@@ -129,6 +138,10 @@ class GenerateOptions:
     progress: bool = True
     threads: int | None = None
     writers: int = 2
+    gate: bool = True
+    min_visibility: float | None = None
+    min_on_object: float | None = None
+    max_leak: float | None = None
 
     def __post_init__(self) -> None:
         """Every check that needs no file, in the order of the options."""
@@ -168,6 +181,7 @@ class GenerateOptions:
         )
         check_threads(self.threads)
         check_number("--writers", self.writers, between(0, MAX_WRITERS), "0 or 1: no writer threads")
+        check_limits(self.min_visibility, self.min_on_object, self.max_leak)
 
     @property
     def output_path(self) -> Path:

@@ -23,6 +23,7 @@ from anomalib_anogen.generate.bank_writer import BankWriter, NormalCopy
 from anomalib_anogen.generate.boxes import BoxPrior, PlacedBox, box_mask, derived_seed, sample_box
 from anomalib_anogen.generate.options import GenerateOptions
 from anomalib_anogen.generate.placement import Placement
+from anomalib_anogen.generate.quality import QualityGate, rejections
 from anomalib_anogen.generate.settings import GenerateSettings
 from anomalib_anogen.generate.work import SourceCache, WorkItem, chunks_for_rank, chunks_of
 
@@ -53,6 +54,7 @@ class Job:
         output: The bank folder.
         mode: What happens to the bank first: ``new``, ``resume``, ``overwrite``, or ``worker`` (ranks > 0).
         maker: Builds the backend on the device a rank runs on.
+        gate: Measures every record and marks those it rejects (generate/quality.py).
     """
 
     settings: GenerateSettings
@@ -62,6 +64,7 @@ class Job:
     output: Path
     mode: str
     maker: Callable[[torch.device], Maker]
+    gate: QualityGate
 
 
 def run(job: Job, options: GenerateOptions) -> Path:
@@ -73,7 +76,7 @@ def run(job: Job, options: GenerateOptions) -> Path:
     accelerator, devices = (options.accelerator, options.devices) if settings.diffusion else ("cpu", 1)
     fabric = launch_fabric(accelerator, devices, len(chunks), options.num_nodes)  # paste: one CPU process per node
     order = {item.record_id: item.order for item in job.items}
-    writer = BankWriter(job.output, settings.to_json(), options.writers)
+    writer = BankWriter(job.output, settings.to_json(), options.writers, job.gate.summary)
     if fabric.global_rank == 0:
         writer.prepare(job.mode, order)
     fabric.barrier()
@@ -89,7 +92,7 @@ def run(job: Job, options: GenerateOptions) -> Path:
     try:
         for chunk in mine:
             cache.forget_before(chunk[0].source.index)
-            boxes = [_box(item, cache, job.priors, settings) for item in chunk]
+            boxes = [_box(item, cache, job.priors, settings, maker) for item in chunk]
             made = maker.make(chunk, boxes, cache)
             for item, placed, (image, mask, extra) in zip(chunk, boxes, made, strict=True):
                 if item.record_id in done:
@@ -97,6 +100,9 @@ def run(job: Job, options: GenerateOptions) -> Path:
                 resized = item.source.size != (resolution, resolution)
                 copy = writer.normal_copy(item.source.stem, cache.image(item.source)) if resized else None
                 record = _record(item, placed, settings, copy, extra)
+                record |= job.gate.judge(
+                    item.defect, image, cache.image(item.source), mask, cache.region(item.source, item.defect)
+                )
                 writer.submit(record, image, mask, copy)  # encoded and written while the next images are made
                 fallbacks += int(record["box_fallback"])
                 written += 1
@@ -116,6 +122,9 @@ def run(job: Job, options: GenerateOptions) -> Path:
     if fabric.global_rank == 0:
         records = writer.finish(order)
         logger.info("%s: bank of %d records (%s)", job.output, len(records), ", ".join(settings.defects))
+        rejected = rejections(records)
+        if rejected:
+            logger.warning("%s; the `anogen` generator skips them (docs/quality.md, `anogen show --worst`)", rejected)
     return job.output
 
 
@@ -126,8 +135,13 @@ def _bar(total: int, enabled: bool, rank: int, world: int) -> Any:
     return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True, disable=not enabled, position=rank)
 
 
-def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settings: GenerateSettings) -> PlacedBox:
-    """The record's box: shared by the samples of one box, drawn from (seed, image, defect, box index)."""
+def _box(
+    item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settings: GenerateSettings, maker: Maker
+) -> PlacedBox:
+    """The record's box: shared by the samples of one box, drawn from (seed, image, defect, box index).
+
+    Where the backend says so (paste), the box has the shape of the defect it will hold.
+    """
     box_index = item.box_index
     key = (item.source.index, item.defect, box_index)
     if key not in cache.boxes:
@@ -139,6 +153,7 @@ def _box(item: WorkItem, cache: SourceCache, priors: dict[str, BoxPrior], settin
             rng,
             settings.min_foreground,
             settings.max_tries,
+            maker.box_shape(item),
         )
         if cache.placement is not None:  # accepted on the placement region; the foreground share is recorded too
             inside = box_mask(placed.box, settings.resolution) > 0

@@ -33,6 +33,7 @@ class GenerateSettings:
     # Only when used:
     priors_auto: dict[str, Any] | None = None  # --priors auto: how the priors were derived
     placement: dict[str, Any] | None = None  # --placement: Placement.describe()
+    quality: dict[str, Any] | None = None  # the quality gate where it is not the default (see command.quality_gate)
     # Diffusion backend only:
     backbone: str | None = None
     backbone_sha256: str | None = None
@@ -45,6 +46,7 @@ class GenerateSettings:
     # Paste backend only:
     support: dict[str, list[list[str]]] | None = None  # defect -> [[image sha256, mask sha256], ...]
     blend: str | None = None
+    paste_version: int | None = None  # 2: boxes of the cut-out's aspect ratio, brightness-only jitter (none: 1)
 
     @property
     def diffusion(self) -> bool:

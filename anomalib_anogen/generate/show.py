@@ -4,8 +4,14 @@ Per defect type, a title strip and then one row per shown record: the normal sou
 with its box outlined (and, for a bank made with ``--placement``, the defect's placement region as a faint outline)
 | the box mask. Every cell is ``cell x cell`` pixels, so the sheet is
 ``3 * cell`` wide and ``defects * (TITLE + rows * cell)`` high, where ``rows`` is ``min(per_defect, records)``.
+A record the quality gate rejected (docs/quality.md) is crossed out in red on its generated image.
 An unfinished bank (``bank.json``: ``complete: false``) gets a warning and one more strip on top,
 ``INCOMPLETE: <n> of <total> records``.
+
+``--worst N`` shows, per defect type, the N records the gate likes least (largest
+:func:`~anomalib_anogen.generate.quality.badness`: at least 1 is rejected) instead, each row under a caption strip
+with (for a rejected one, on red) what it was rejected for, its measures and its id; the sheet is then
+``defects * (TITLE + rows * (TITLE + cell))`` high.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from anomalib_anogen.generate.bank_writer import read_summary
 
 logger = logging.getLogger(__name__)
 
-TITLE = 20  # pixels of the strip that names each defect type
+TITLE = 20  # pixels of the strip that names each defect type (and, with --worst, captions each row)
 OUTLINE = (255, 32, 32)
+REJECTED_COLOUR = (140, 0, 0)  # --worst: the caption strip of a rejected record
+CROSS = (255, 0, 0)  # the cross over a rejected record's generated image
 INCOMPLETE_COLOUR = (160, 0, 0)
 REGION_COLOUR = (64, 224, 255)  # the placement region's outline, drawn at REGION_OPACITY
 REGION_OPACITY = 0.45
@@ -65,6 +73,8 @@ class ShowOptions:
         per_defect: Records shown per defect type (the first ones in the manifest, or a random pick with --seed).
         cell: Side of each image cell in pixels (8 to 1024).
         seed: Pick the shown records at random with this seed instead of taking the first ones.
+        worst: Show the N >= 1 records per defect type that the quality gate likes least, each with its measures
+            and, if rejected, why (instead of --per_defect; measured now if the bank has no measures).
     """
 
     bank: str
@@ -72,6 +82,7 @@ class ShowOptions:
     per_defect: int = 4
     cell: int = 128
     seed: int | None = None
+    worst: int | None = None
 
     def __post_init__(self) -> None:
         """The ranges (before the bank is read)."""
@@ -79,6 +90,11 @@ class ShowOptions:
         check_number("--cell", self.cell, between(8, MAX_CELL), "pixels")
         if self.seed is not None:
             check_number("--seed", self.seed, SEEDS)
+        if self.worst is not None:
+            check_number("--worst", self.worst, at_least(1), "records per defect type")
+            if self.seed is not None:
+                msg = "--worst and --seed exclude each other (--worst picks the records by their measures)"
+                raise AnogenInputError(msg)
 
 
 def show(options: ShowOptions) -> Path:
@@ -94,23 +110,36 @@ def show(options: ShowOptions) -> Path:
         raise AnogenInputError(str(error).removeprefix("bank_dir: ")) from error
     incomplete = _incomplete(Path(bank).expanduser(), len(records))
     regions = _regions(Path(bank).expanduser(), cell)
+    judged = _judged(Path(bank).expanduser(), records) if options.worst else None
     by_defect: dict[str, list[BankRecord]] = {}
     for record in records:
         by_defect.setdefault(record.defect, []).append(record)
     blocks = [_strip(incomplete, 3 * cell, INCOMPLETE_COLOUR)] if incomplete else []
     for defect in sorted(by_defect):
         chosen = by_defect[defect]
-        if seed is not None and len(chosen) > per_defect:
-            chosen = random.Random(f"{seed}:{defect}").sample(chosen, per_defect)
-        chosen = chosen[:per_defect]
-        rows = [
-            np.concatenate(
-                [_cell(r.source, cell), _outlined(r, cell, regions.get(defect)), _cell(r.mask, cell, grey=True)],
-                axis=1,
-            )
-            for r in chosen
-        ]
-        blocks.append(np.concatenate([_strip(f"{defect} ({len(by_defect[defect])})", 3 * cell), *rows], axis=0))
+        if judged is not None:
+            chosen = sorted(chosen, key=lambda r: -judged[r.record_id][0])[: options.worst]
+        else:
+            if seed is not None and len(chosen) > per_defect:
+                chosen = random.Random(f"{seed}:{defect}").sample(chosen, per_defect)
+            chosen = chosen[:per_defect]
+        rows = []
+        for r in chosen:
+            rejected = judged[r.record_id][1] if judged is not None else r.rejected_for
+            generated = _outlined(r, cell, regions.get(defect))
+            if rejected:
+                _cross(generated)
+            row = np.concatenate([_cell(r.source, cell), generated, _cell(r.mask, cell, grey=True)], axis=1)
+            if judged is not None:
+                quality = judged[r.record_id][2]
+                row = np.concatenate([_caption(r.record_id, quality, rejected, 3 * cell), row], axis=0)
+            rows.append(row)
+        title = f"{defect} ({len(by_defect[defect])}"
+        rejected_count = sum(bool(judged[r.record_id][1]) if judged else r.rejected for r in by_defect[defect])
+        title += f", {rejected_count} rejected)" if rejected_count else ")"
+        if judged is not None:
+            title += f" - the {len(chosen)} worst"
+        blocks.append(np.concatenate([_strip(title, 3 * cell), *rows], axis=0))
     sheet = np.concatenate(blocks, axis=0)
     created = make_folder(path.parent, "--output")
     try:
@@ -121,6 +150,60 @@ def show(options: ShowOptions) -> Path:
         raise AnogenInputError(msg) from error
     logger.info("%s: %d defect types, %dx%d px", path, len(by_defect), sheet.shape[1], sheet.shape[0])
     return path
+
+
+def _cross(image: np.ndarray) -> None:
+    """Cross ``image`` out in red (in place): the quality gate rejected its record."""
+    side = image.shape[0] - 1
+    thickness = max(1, image.shape[0] // 64)
+    cv2.line(image, (0, 0), (side, side), CROSS, thickness)
+    cv2.line(image, (0, side), (side, 0), CROSS, thickness)
+
+
+def _caption(record_id: str, quality: dict, rejected: tuple[str, ...], width: int) -> np.ndarray:
+    """A row's caption under --worst: on red what the record was rejected for, its measures, its id."""
+    names = {"visibility": "vis", "on_object": "on", "leak": "leak"}
+    measures = "  ".join(f"{short} {float(quality.get(name, 0.0)):.2f}" for name, short in names.items())
+    verdict = f"REJECTED {', '.join(rejected)}  " if rejected else ""
+    text = f"{verdict}{measures}  {record_id}"
+    return _strip(text, width, REJECTED_COLOUR if rejected else (48, 48, 48))
+
+
+def _judged(bank: Path, records: list[BankRecord]) -> dict[str, tuple[float, tuple[str, ...], dict]]:
+    """Per record id: its badness, what it was rejected for and its measures (measured now where not recorded)."""
+    from anomalib_anogen.generate.quality import badness
+
+    recorded = _recorded_limits(bank)
+    if recorded is not None and all(r.quality is not None for r in records):
+        return {
+            r.record_id: (badness(r.quality or {}, recorded[r.defect]), r.rejected_for, r.quality or {})
+            for r in records
+        }
+    from anomalib_anogen.generate.check import measure_bank
+
+    logger.info("%s: measuring the records' quality (the bank records none, or not for every record)", bank)
+    result = measure_bank(bank)
+    limits = {defect: result.gate.limits(defect).describe() for defect in result.gate.references}
+    return {
+        key: (badness(value["quality"], limits[value["defect"]]), tuple(value["rejected_for"]), value["quality"])
+        for key, value in result.records.items()
+    }
+
+
+def _recorded_limits(bank: Path) -> dict[str, dict] | None:
+    """Each defect's limits as quality.json (if any) or bank.json records them, or ``None``."""
+    import json
+
+    from anomalib_anogen.data.bank import QUALITY_NAME
+
+    for source in (bank / QUALITY_NAME, bank / "bank.json"):
+        try:
+            data = json.loads(source.read_text())
+            defects = data["quality"]["defects"]
+            return {name: entry["limits"] for name, entry in defects.items()}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _regions(bank: Path, cell: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ Bank files are read and resized by DataLoader worker processes that run ahead of
 step, so loading stays out of the step's critical path.
 """
 
+import logging
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -27,12 +28,14 @@ from torchvision.transforms.v2 import functional as tvf
 
 from anomalib_anogen.arguments import check_argument
 from anomalib_anogen.core.checks import NON_NEGATIVE_INT, POSITIVE_INT, UNIT_INTERVAL
-from anomalib_anogen.data.bank import BankRecord, load_bank, unfinished_bank, unfinished_bank_error
+from anomalib_anogen.data.bank import BankError, BankRecord, load_bank, unfinished_bank, unfinished_bank_error
 from anomalib_anogen.data.generators.perlin import PerlinGenerator
 from anomalib_anogen.data.generators.rotation import Rotation
 from anomalib_anogen.data.synthetic import SyntheticBatch
 
 NEVER_ENDING = 2**62
+
+logger = logging.getLogger(__name__)
 
 
 class BankDataset(Dataset):
@@ -115,7 +118,7 @@ class AnoGenAnomalyGenerator(nn.Module):
         progress = unfinished_bank(bank_dir)
         if progress is not None and not allow_incomplete_bank:
             raise unfinished_bank_error(bank_dir, progress)
-        self.records = load_bank(bank_dir, exclude_defects)
+        self.records = self.accepted(load_bank(bank_dir, exclude_defects), bank_dir)
         if progress is not None:
             warnings.warn(
                 f"bank_dir: anomaly bank '{bank_dir}' is unfinished ({progress.describe()} generated); training on "
@@ -129,6 +132,32 @@ class AnoGenAnomalyGenerator(nn.Module):
         self._stream: Iterator | None = None
         self._stream_size: tuple[int, int] | None = None
         self._pending: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque()
+
+    @staticmethod
+    def accepted(records: list[BankRecord], bank_dir: Path | str) -> list[BankRecord]:
+        """The records the quality gate accepted; says how many it skips, and refuses a bank it rejected whole."""
+        rejected = [r for r in records if r.rejected]
+        if not rejected:
+            return records
+        reasons: dict[str, int] = {}
+        for record in rejected:
+            for reason in record.rejected_for:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        detail = ", ".join(f"{name} {count}" for name, count in sorted(reasons.items()))
+        if len(rejected) == len(records):
+            msg = (
+                f"bank_dir: the quality gate rejected all {len(records)} records of anomaly bank '{bank_dir}' "
+                f"({detail}); see them with `anogen show {bank_dir} --worst 4 --output worst.png` and "
+                f"docs/quality.md. To train on them anyway, judge them again without the gate: "
+                f"`anogen check {bank_dir} --gate false --write true`."
+            )
+            raise BankError(msg)
+        message = (
+            f"bank_dir: anomaly bank '{bank_dir}': skipping {len(rejected)} of {len(records)} records that the "
+            f"quality gate rejected ({detail}); training on the other {len(records) - len(rejected)} (docs/quality.md)"
+        )
+        logger.warning(message)
+        return [r for r in records if not r.rejected]
 
     @staticmethod
     def check_arguments(

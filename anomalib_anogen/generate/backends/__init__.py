@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
-    from anomalib_anogen.generate.boxes import PlacedBox
+    from anomalib_anogen.generate.boxes import PlacedBox, Shape
     from anomalib_anogen.generate.work import SourceCache, WorkItem
 
 
@@ -30,4 +30,8 @@ class Maker(Protocol):
 
         ``boxes`` are the records' boxes, in the order of ``chunk``; ``cache`` holds their normal images.
         """
+        ...
+
+    def box_shape(self, item: WorkItem) -> Shape | None:
+        """The shape ``item``'s box must have (the defect it will hold), or ``None``: the priors' own draw."""
         ...

@@ -173,6 +173,10 @@ class DiffusionMaker:
         # One prompt per defect, embedded alone so that its states never depend on a batch.
         self.prompts = {name: self.sampler.embed_prompts([tokens[name]]) for name in settings.defects}
 
+    def box_shape(self, item: WorkItem) -> None:
+        """The paper's boxes: width and height drawn independently from the priors."""
+        return None
+
     def _latent(self, source: NormalImage, cache: SourceCache) -> Any:
         if source.index not in cache.latents:
             cache.latents[source.index] = self.sampler.encode(cache.image(source)[None])
