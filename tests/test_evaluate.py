@@ -59,7 +59,7 @@ def test_evaluate_runs_from_the_cli_with_an_mvtec_root_and_category(
     bank: Path, toy_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "out" / "result.json"
-    args = ["evaluate", str(bank), "--test", str(toy_root), "--category", CATEGORY, "--seeds", "[3]"]
+    args = ["evaluate", str(bank), "--test", str(toy_root), "--category", CATEGORY, "--seeds", "3"]
     assert cli_main([*args, *TINY_ARGS, "--output", str(output)]) == 0
     printed = capsys.readouterr().out
     assert "pixel_AP" in printed and "mean" in printed

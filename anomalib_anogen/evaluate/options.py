@@ -29,7 +29,7 @@ from anomalib_anogen.core.devices import check_devices
 from anomalib_anogen.core.errors import AnogenInputError
 
 # The default schedule, chosen by measurement on 2 CPU cores at 128 px (docs/evaluate.md, "Defaults and why").
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 300
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WIDTH = 16
 DEFAULT_LR = 2e-3
@@ -57,7 +57,7 @@ class EvaluateOptions:
         mask_dir: Folder layout: their masks under --test, at the same relative path, named <name>_mask.<ext> or
             <name>.<ext>.
         normal_test_dir: Folder layout: normal test images under --test (optional; image AUROC needs them).
-        seeds: One or more seeds; each trains its own network (0 to 2**32 - 1).
+        seeds: One seed or a list ([0, 1, 2]); each trains its own network (0 to 2**32 - 1).
         image_size: Side in pixels that training and testing run at, a multiple of 32 (32 to 1024).
         steps: Training steps (batches).
         epochs: Instead of --steps: passes over the bank's records (steps = epochs x records / bank images per
@@ -84,7 +84,7 @@ class EvaluateOptions:
     abnormal_dir: str = "anomalous"
     mask_dir: str = "masks"
     normal_test_dir: str | None = "test_normal"
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] | int = field(default_factory=lambda: [0])
     image_size: int = 128
     steps: int = DEFAULT_STEPS
     epochs: float | None = None
