@@ -215,10 +215,10 @@ def test_a_bank_with_visible_defects_scores_above_one_without(bank: Path, toy_ro
         entry = json.loads(line)
         image = blank / "images" / entry["defect"] / f"{entry['id']}.png"
         shutil.copy(blank / entry["source"], image)  # the source (same size), no defect
-    schedule = {**TINY, "steps": 30, "batch_size": 8, "width": 8, "lr": 0.01}
+    schedule = {**TINY, "steps": 60, "batch_size": 8, "width": 8, "lr": 0.003}  # 0.95 against 0.05 (seeds 0, 1)
     scores = {
         name: evaluate(EvaluateOptions(str(folder), test=str(test), output=str(tmp_path / f"{name}.json"), **schedule))
         for name, folder in (("visible", bank), ("blank", blank))
     }
     visible, without = scores["visible"].mean, scores["blank"].mean
-    assert visible["pixel_AP"] > without["pixel_AP"] + 0.2, (visible, without)
+    assert visible["pixel_AP"] > without["pixel_AP"] + 0.5, (visible, without)
