@@ -222,3 +222,22 @@ def test_a_bank_with_visible_defects_scores_above_one_without(bank: Path, toy_ro
     }
     visible, without = scores["visible"].mean, scores["blank"].mean
     assert visible["pixel_AP"] > without["pixel_AP"] + 0.5, (visible, without)
+
+
+def test_seeds_spread_over_several_devices_give_the_numbers_of_one_device(bank: Path, toy_root: Path) -> None:
+    """The several-GPU path (one thread per device) run on two CPU "devices": the same numbers per seed."""
+    import torch
+
+    from anomalib_anogen.evaluate.command import _run_seeds, load_arrays
+    from anomalib_anogen.evaluate.inputs import find_test_set, read_bank
+    from anomalib_anogen.evaluate.train import Schedule
+
+    options = EvaluateOptions(str(bank), test=str(toy_root / CATEGORY), seeds=[0, 1, 2], **TINY)
+    test = find_test_set(options.test, None, "anomalous", "masks", None)
+    arrays = load_arrays(read_bank(options.bank), test, options.image_size)
+    schedule = Schedule(3, options.bank_images_per_batch, options.normal_per_batch, 4, options.lr, 0.1, 1)
+    cpu = torch.device("cpu")
+    alone = _run_seeds(arrays, schedule, options, [cpu])
+    spread = _run_seeds(arrays, schedule, options, [cpu, cpu])
+    assert [r.seed for r in spread] == [0, 1, 2]
+    assert [r.metrics for r in spread] == [r.metrics for r in alone]
