@@ -241,3 +241,11 @@ def test_seeds_spread_over_several_devices_give_the_numbers_of_one_device(bank: 
     spread = _run_seeds(arrays, schedule, options, [cpu, cpu])
     assert [r.seed for r in spread] == [0, 1, 2]
     assert [r.metrics for r in spread] == [r.metrics for r in alone]
+
+
+def test_epochs_count_passes_over_the_bank_records() -> None:
+    options = EvaluateOptions("bank", test="test", batch_size=16, normal_share=0.25, epochs=2.5)
+    assert (options.bank_images_per_batch, options.normal_per_batch) == (12, 4)
+    assert options.total_steps(480) == 100  # 2.5 x 480 records / 12 per batch
+    assert options.total_steps(7) == 2  # rounded up
+    assert EvaluateOptions("bank", test="test", steps=7).total_steps(480) == 7
