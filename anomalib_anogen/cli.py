@@ -87,6 +87,13 @@ COMMANDS: dict[str, Command] = {
         "Measure an anomaly bank's quality (visibility, on_object, leak) and judge it, without rewriting it.",
         positional=True,
     ),
+    "evaluate": Command(
+        "anomalib_anogen.evaluate.command",
+        "evaluate",
+        "anomalib_anogen.evaluate.options:EvaluateOptions",
+        "Judge an anomaly bank: train a small U-Net on it alone and test it on real anomalies (pixel AP, PRO, AUROC).",
+        positional=True,
+    ),
 }
 
 

@@ -64,6 +64,11 @@ GENERATE_2_IMAGES = ("--max_images", "2", "--progress", "false")
 # made with the decode composited into the box here.
 TINY_DIFFUSION_BANK = ("--steps", "2", "--keep_outside", "true")
 
+EVALUATE_TINY = (  # anogen evaluate: 32 px, a U-Net of width 4, 2 steps, the final network only
+    *("--image_size", "32", "--width", "4", "--steps", "2", "--batch_size", "4"),
+    *("--average_last", "1", "--progress", "false"),
+)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -222,7 +227,7 @@ RULES: tuple[Rule, ...] = (
         needs=("../shared/data/anogen_reference/released_embeddings",),
         makes=("--output",),
     ),
-    Rule(r"anogen (learn|generate) --help", expect=("--output",)),
+    Rule(r"anogen (learn|generate|evaluate) --help", expect=("--output",)),
     Rule(
         r"anogen learn --config c\.yaml --print_config",
         files=(("c.yaml", "configs/anogen/learn_bottle.yaml"),),
@@ -271,6 +276,15 @@ RULES: tuple[Rule, ...] = (
         expect=("rejected; the `anogen` generator skips them",),
     ),
     Rule(r"anogen show runs/bottle/bank-q --worst .*", needs=("runs/bottle/bank-q",), makes=("--output",)),
+    # ---- anogen evaluate (docs/evaluate.md): the real test set of the small view, a tiny schedule
+    Rule(
+        r"anogen evaluate runs/bottle/bank-paste40 --test \.\./shared/data/MVTecAD(/bottle| --category bottle)( .*)? "
+        r"--output \S+",
+        extra=EVALUATE_TINY,
+        needs=("runs/bottle/bank-paste40",),
+        makes=("--output",),
+        expect=("pixel_AP", "mean"),
+    ),
     Rule(r"anogen show runs/bottle/bank-faulty --worst .*", needs=("runs/bottle/bank-faulty",), makes=("--output",)),
     Rule(
         r"python scripts/quality_figure\.py runs/bottle/bank-faulty --output \S+",

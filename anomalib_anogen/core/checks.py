@@ -37,6 +37,11 @@ MAX_GUIDANCE = 100.0  # --guidance: far above the paper's 10, a scale that satur
 MAX_FEATHER_SHARE = 0.5  # --feather: at most half the output side; wider, no pixel of a box reaches full strength
 MAX_IMAGE_PIXELS = 8192 * 8192  # an input image (normal, support, mask, bank file): 8192 x 8192, 256 MiB as RGB
 DISK_MARGIN = 1.25  # the estimated size of a bank is multiplied by this before it is compared with the free space
+EVALUATE_SIZE_STEP = 32  # anogen evaluate: the U-Net (DRAEM's discriminative sub-network) halves the side 5 times
+MAX_EVALUATE_SIZE = 1024  # anogen evaluate --image_size: the whole bank is held in memory at this side
+MAX_EVALUATE_WIDTH = 256  # anogen evaluate --width: DRAEM's own is 64
+MAX_EVALUATE_BATCH_SIZE = 1024
+MAX_EVALUATE_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
