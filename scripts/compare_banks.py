@@ -1,4 +1,4 @@
-"""Compare two anomaly banks record by record: are their images and masks the same bytes?
+"""Compare two anomaly banks record by record: are their images and masks the same bytes.
 
     python scripts/compare_banks.py BANK_A BANK_B
 
@@ -35,7 +35,8 @@ def compare(first: Path, second: Path) -> list[str]:
         for kind, where in (("image", image_path), ("mask", mask_path)):
             if where(first, defect, key).read_bytes() != where(second, defect, key).read_bytes():
                 problems.append(f"{key}: {kind} differs")
-        fields = sorted(k for k in set(a[key]) | set(b[key]) if k not in PLACE_FIELDS and a[key].get(k) != b[key].get(k))
+        keys = set(a[key]) | set(b[key])
+        fields = sorted(k for k in keys if k not in PLACE_FIELDS and a[key].get(k) != b[key].get(k))
         if fields:
             problems.append(f"{key}: record fields differ ({', '.join(fields)})")
     return problems
