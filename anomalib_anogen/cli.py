@@ -40,11 +40,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "show",
         "Write a contact sheet of an anomaly bank (normal | generated with box | mask per defect type).",
     ),
+    "deploy-check": (
+        "anomalib_anogen.deploy.check",
+        "deploy_check_command",
+        "Measure the exported model's variants (f32, bf16, INT8) on your images and keep the fastest that decides "
+        "the same.",
+    ),
 }
 
 
 # Commands whose required arguments are positional (``anogen show BANK``); the others take ``--name value``.
-POSITIONAL: frozenset[str] = frozenset({"show"})
+POSITIONAL: frozenset[str] = frozenset({"show", "deploy-check"})
 
 
 def _command(name: str) -> Callable[..., Any]:
