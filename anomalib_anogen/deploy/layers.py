@@ -9,7 +9,7 @@ output) in f32. Two measurements per layer, each against the f32 run of the same
 * ``kept``: everything runs in bf16 except this layer, kept in f32 (what keeping it in f32 would save).
 
 The difference is the largest |raw anomaly map - f32's| (raw: before anomalib's normalisation, see
-:func:`anomalib_anogen.deploy.check.with_raw_outputs`).
+:func:`anomalib_anogen.deploy.check.raw_network`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .check import mark_f32, runtime_precisions, with_raw_outputs
+from .check import mark_f32, raw_network, runtime_precisions
 from .openvino import openvino_config
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ def layer_differences(
     from tqdm.auto import tqdm
 
     core = ov.Core()
-    raw, names = with_raw_outputs(network)
-    if "anomaly_map" not in names:
+    raw = raw_network(network)
+    if "raw_anomaly_map" not in {name for output in raw.outputs for name in output.get_names()}:
         msg = "layer_differences: the model has no anomaly_map output"
         raise ValueError(msg)
     shape = list(images[0].shape)
