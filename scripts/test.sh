@@ -11,7 +11,7 @@ for bench in startup precision; do
     .venv/bin/python "benchmarks/bench_$bench.py" --smoke
 done
 if [ -d ../shared/data/support/bottle ]; then
-    for bench in bank generate foreground writers train infer accuracy; do
+    for bench in bank generate foreground writers train infer deploy accuracy; do
         .venv/bin/python "benchmarks/bench_$bench.py" --smoke
     done
     .venv/bin/python benchmarks/bench_accuracy.py --smoke --compare_defaults
