@@ -23,7 +23,7 @@ from anomalib_anogen.deploy.check import (
     deploy_check,
     find_exports,
     find_samples,
-    narrow_convolutions,
+    narrow_layers,
     runtime_precisions,
     with_hints,
 )
@@ -163,7 +163,7 @@ def test_deploy_check_as_a_function_measures_every_variant_against_f32(exported:
         assert 0.0 <= result.decisions_agree <= 1.0 and result.pixel_ap is not None and result.image_auroc is not None
     if cpu_info().native_bf16:
         bf16 = {result.name: result for result in report.results if result.precision == "bf16"}
-        assert set(bf16) >= {"FP32 IR at bf16", "FP32 IR at bf16, narrow convs f32", "INT8 IR at bf16"}
+        assert set(bf16) >= {"FP32 IR at bf16", "FP32 IR at bf16, narrow layers f32", "INT8 IR at bf16"}
         assert bf16["FP32 IR at bf16"].ran_in == "bf16"
         assert bf16["FP32 IR at bf16"].max_raw_map_difference > 0
     else:
@@ -266,13 +266,13 @@ def test_without_a_choice_load_inferencer_runs_the_given_ir_at_f32(
 
 
 @pytest.mark.skipif(not cpu_info().native_bf16, reason="needs a CPU that runs bf16 (AVX-512 BF16 or AMX)")
-def test_the_per_node_hint_keeps_the_narrow_convolutions_in_f32(exported: Path) -> None:
+def test_the_per_node_hint_keeps_the_narrow_layers_in_f32(exported: Path) -> None:
     import openvino as ov
 
     from anomalib_anogen.deploy import openvino_config
 
     network = ov.Core().read_model(fp32_xml(exported))
-    narrow = narrow_convolutions(network)
+    narrow = narrow_layers(network)
     assert narrow
     plain = ov.Core().compile_model(network, "CPU", openvino_config("bf16"))
     hinted = ov.Core().compile_model(with_hints(network, narrow), "CPU", openvino_config("bf16"))
@@ -331,5 +331,5 @@ def test_options_refuse_bad_values_before_any_work(exported: Path, toy_root: Pat
 
 def test_variant_names_read_as_the_report_prints_them(exported: Path) -> None:
     reference, others, _ = find_exports(exported)
-    assert Variant(reference, "bf16", ("conv",)).name == "FP32 IR at bf16, narrow convs f32"
+    assert Variant(reference, "bf16", ("conv",)).name == "FP32 IR at bf16, narrow layers f32"
     assert Variant(others[0], "f32").name == "INT8 IR at f32"

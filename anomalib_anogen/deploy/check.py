@@ -2,7 +2,7 @@
 
 The line PC picks its precision from evidence. For the exported model(s) in a folder (the FP32 IR and any FP16 or
 INT8 IR of the same model) and every inference precision this CPU runs natively (f32 always; bf16 where the CPU
-has AVX-512 BF16 or AMX, with and without the output convolutions kept in f32; f16 where it has AMX-FP16), it
+has AVX-512 BF16 or AMX, with and without the narrow layers kept in f32; f16 where it has AMX-FP16), it
 measures:
 
 * latency: median of ``runs`` batch-1 calls on a real image, the variants interleaved, LATENCY hint;
@@ -49,7 +49,7 @@ OUTPUTS = ("pred_score", "pred_label", "anomaly_map")  # what a deployable anoma
 _POST_PROCESSING_OPS = frozenset(
     {"Add", "Subtract", "Multiply", "Divide", "Clamp", "Minimum", "Maximum", "Convert", "Power"},
 )
-# Convolutions with at most this many input or output channels are the image-facing ones (narrow_convolutions).
+# Layers with at most this many input or output channels are the image-facing ones (narrow_layers).
 NARROW_CHANNELS = 8
 
 
@@ -304,26 +304,32 @@ def raw_network(network: openvino.Model) -> openvino.Model:
     return ov.Model(results, copy.get_parameters(), "raw")
 
 
-def narrow_convolutions(network: openvino.Model, max_channels: int = NARROW_CHANNELS) -> list[str]:
-    """Friendly names of the convolutions with at most ``max_channels`` input or output channels, in graph order.
+def narrow_layers(network: openvino.Model, max_channels: int = NARROW_CHANNELS) -> list[str]:
+    """Friendly names of the narrow layers: convolutions and upsamplings with at most ``max_channels`` channels.
 
-    In these models they are the ones that touch image-like tensors: the first convolution of each network (it
-    reads the image), DRAEM's reconstruction (3 channels out) and its discriminative network's first convolution
-    (image and reconstruction, 6 channels in), the logits (1-2 channels out) and DraemWeak's pooled score.
-    On a real bf16 CPU they carry the largest single shares of bf16's difference (docs/deploy.md: DRAEM
-    compares the image with its reconstruction, and rounding either to 8 significant bits shows up in that
-    comparison); their compute is small, so keeping them in f32 costs little.
+    A convolution counts when its input or its output has at most ``max_channels`` channels, an upsampling
+    (Interpolate) when its input has; graph order. In these models they are the layers that touch image-like
+    tensors: the first convolution of each network (it reads the image), DRAEM's reconstruction (3 channels out)
+    and its discriminative network's first convolution (image and reconstruction, 6 channels in), the logits
+    (1-2 channels out), DraemWeak's pooled score and DeSTSeg's upsampling of its 1-channel map to the image size.
+    On a real bf16 CPU they carry the largest single shares of bf16's difference (docs/deploy.md section 9:
+    DRAEM compares the image with its reconstruction, and rounding either to 8 significant bits shows up in
+    that comparison); their compute is small, so keeping them in f32 costs little.
     """
     names = []
     for node in network.get_ordered_ops():
-        if node.get_type_name() not in ("Convolution", "GroupConvolution", "ConvolutionBackpropData"):
-            continue
-        weights = node.input_value(1).get_partial_shape()
-        if weights.rank.is_dynamic or weights[0].is_dynamic or weights[1].is_dynamic:
-            continue
-        channels = (weights[0].get_length(), weights[1].get_length())  # (out, in) for Convolution
-        if min(channels) <= max_channels:
-            names.append(node.get_friendly_name())
+        kind = node.get_type_name()
+        if kind in ("Convolution", "GroupConvolution", "ConvolutionBackpropData"):
+            weights = node.input_value(1).get_partial_shape()
+            if weights.rank.is_dynamic or weights[0].is_dynamic or weights[1].is_dynamic:
+                continue
+            if min(weights[0].get_length(), weights[1].get_length()) <= max_channels:  # (out, in) channels
+                names.append(node.get_friendly_name())
+        elif kind == "Interpolate":
+            shape = node.input_value(0).get_partial_shape()
+            static = shape.rank.is_static and shape.rank.get_length() == 4 and shape[1].is_static
+            if static and shape[1].get_length() <= max_channels:
+                names.append(node.get_friendly_name())
     return names
 
 
@@ -487,8 +493,8 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """How reports name it, e.g. ``INT8 IR at f32`` or ``FP32 IR at bf16, output convs f32``."""
-        hint = ", narrow convs f32" if self.keep_f32 else ""
+        """How reports name it, e.g. ``INT8 IR at f32`` or ``FP32 IR at bf16, narrow layers f32``."""
+        hint = ", narrow layers f32" if self.keep_f32 else ""
         return f"{self.export.label} at {self.precision}{hint}"
 
 
@@ -823,7 +829,7 @@ def deploy_check(options: DeployCheckOptions) -> DeployReport:
         notes.append(f"the IR takes any image size; all images resized to the first one's, {size[0]}x{size[1]}")
     else:
         size = (shape[2].get_length(), shape[3].get_length())
-    narrow = narrow_convolutions(networks[reference]) if len(precisions) > 1 else []
+    narrow = narrow_layers(networks[reference]) if len(precisions) > 1 else []
     variants = _variants(reference, others, precisions, narrow)
     names = ", ".join(variant.name for variant in variants)
     logger.info("deploy-check: %d variant(s) on %d image(s): %s", len(variants), len(samples), names)
