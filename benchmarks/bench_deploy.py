@@ -15,7 +15,7 @@ test set (74 images) with ``anogen deploy-check``'s own measurement (``anomalib_
 2. exports: FP32, FP16 and INT8 (NNCF, calibrated on ``--calib_images`` normal *training* images) IRs with
    anomalib's ``Engine.export``, beside the checkpoint (reused on a rerun);
 3. every IR at every precision this CPU runs (f32; bf16 where the CPU has it, and bf16 with the narrow
-   convolutions kept in f32, see docs/deploy.md section 9): median batch-1 latency (interleaved), THROUGHPUT-hint
+   layers kept in f32, see docs/deploy.md section 9): median batch-1 latency (interleaved), THROUGHPUT-hint
    images/s, share of image decisions equal to f32's, largest raw anomaly-map difference, pixel AP and image
    AUROC differences in points; and the targets: bf16 <= 0.55x f32 latency, >= 99 % decisions unchanged,
    <= 0.5 point pixel AP lost; INT8 <= 0.3x f32, >= 98 % unchanged, <= 1 point lost (met, or missed by how much);
@@ -53,7 +53,7 @@ TARGETS = {  # variant kind -> (latency ratio to f32 at most, share of decisions
 }
 
 
-def datamodule(size: int, batch_size: int, workers: int, **kwargs: Any) -> Any:
+def datamodule(size: int, batch_size: int, workers: int, eval_batch_size: int = 16, **kwargs: Any) -> Any:
     """MVTecAD bottle from ../shared/data at ``size`` (the datamodule resizes; 256 px is the stored size)."""
     from anomalib.data import MVTecAD
     from torchvision.transforms.v2 import Resize
@@ -62,7 +62,7 @@ def datamodule(size: int, batch_size: int, workers: int, **kwargs: Any) -> Any:
         root=MVTEC,
         category=CATEGORY,
         train_batch_size=batch_size,
-        eval_batch_size=16,
+        eval_batch_size=eval_batch_size,
         num_workers=workers,
         augmentations=None if size == 256 else Resize((size, size), antialias=True),
         seed=0,
@@ -253,6 +253,7 @@ def export_all(name: str, ckpt: Path, args: Any, folder: Path) -> dict[str, Path
         args.image_size,
         1,
         0,
+        eval_batch_size=1,  # NNCF takes each batch as one calibration sample
         val_split_mode="from_train",
         val_split_ratio=(args.calib_images + 0.5) / train_count,
     )
