@@ -94,6 +94,15 @@ COMMANDS: dict[str, Command] = {
         "Judge an anomaly bank: train a small U-Net on it alone and test it on real anomalies (pixel AP, PRO, AUROC).",
         positional=True,
     ),
+    "deploy-check": Command(
+        "anomalib_anogen.deploy.check",
+        "deploy_check_command",
+        "anomalib_anogen.deploy.check:DeployCheckOptions",
+        "Measure the exported model's variants (f32, bf16, INT8) on your images and keep the fastest that decides "
+        "the same.",
+        positional=True,
+        resume="nothing was written; run the same command again",
+    ),
 }
 
 

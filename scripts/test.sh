@@ -12,7 +12,7 @@ for bench in startup precision; do
     .venv/bin/python "benchmarks/bench_$bench.py" --smoke
 done
 if [ -d ../shared/data/support/bottle ]; then
-    for bench in bank generate foreground writers paste train infer accuracy defaults bank_quality; do
+    for bench in bank generate foreground writers paste train infer deploy accuracy defaults bank_quality; do
         .venv/bin/python "benchmarks/bench_$bench.py" --smoke
     done
 fi

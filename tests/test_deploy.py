@@ -38,10 +38,18 @@ from .helpers.data import BOTTLE, REPO, needs_shared_bottle
 SIZE = (64, 64)
 # f32: OpenVINO and torch differ by float rounding only.
 F32_RELATIVE_TOLERANCE = 1e-4
-# bf16: largest raw anomaly-map / score difference (maps are probabilities in [0, 1]) allowed against torch.
-# Measured with emulate_bf16 on an AVX2 CPU (2026-11-25): these 64 px models 8.9e-4 (DraemWeak) and 1.8e-3
-# (Destseg, DestsegWeak); at 256 px (bench_infer) 2.0e-3 at most (docs/deploy.md). 2e-2 = 5 bf16 steps at 0.5.
-BF16_MAX_DIFFERENCE = 2e-2
+# bf16: largest raw anomaly-map / score difference (maps are probabilities in [0, 1]) allowed against torch, for
+# these 64 px models after a few steps. Measured with REAL bf16 (OpenVINO 2026.4, AMD EPYC with AVX-512 BF16,
+# 2026-12-07), map / score: DraemWeak 3.8e-4 / 2.8e-3, Destseg and DestsegWeak 1.9e-3 / 4.7e-4; the bound leaves
+# 3.5x for other bf16 kernels (AMX) and seeds. A *trained* model deviates far more (docs/deploy.md: 2.5e-2 to
+# 5.3e-2 for the demo's DraemWeak): this bound is about these models, not a promise for yours.
+BF16_MAX_DIFFERENCE = 1e-2
+# Where the CPU has no bf16, emulate_bf16 stands in. On the AVX-512 BF16 CPU above it gave, map / score:
+# DraemWeak 2.9e-4 / 8.5e-4, Destseg and DestsegWeak 1.9e-3 / 4.7e-4 (0.76x and 1.03x real on maps; on the demo's
+# trained DraemWeak 1.35x): within EMULATION_FACTOR of real on maps, and within one bf16 step at [0.5, 1) on scores
+# (a score is rounded to that grid once, so emulated and real may land one step apart).
+EMULATION_FACTOR = 2.0
+BF16_STEP = 2.0**-8
 
 
 def build(name: str) -> DraemWeak | Destseg | DestsegWeak:
@@ -137,19 +145,26 @@ def test_f32_raw_outputs_match_torch(deployed: Deployed) -> None:
 
 
 def test_bf16_is_honoured_and_bounded(deployed: Deployed) -> None:
-    """bf16 where the CPU has it; elsewhere OpenVINO's f32 fallback, and the emulated bf16 within the same bound."""
+    """bf16 within the bound: real where the CPU has it (and the emulation within its factor), else emulated.
+
+    Where the CPU has no bf16, OpenVINO runs a bf16 request in f32 (checked) and ``emulate_bf16`` stands in.
+    """
     import openvino as ov
 
     f32 = check_parity(deployed.model, deployed.raw_xml, deployed.images, precision="f32")
     bf16 = check_parity(deployed.model, deployed.raw_xml, deployed.images, precision="bf16")
+    emulated = check_parity(deployed.model, emulate_bf16(ov.Core().read_model(deployed.raw_xml)), deployed.images)
+    assert emulated.max_map_difference > 10 * f32.max_map_difference, (emulated, f32)
     if cpu_info().native_bf16:
         assert bf16.precision == "bf16"
         assert bf16.max_map_difference > 10 * f32.max_map_difference, (bf16, f32)  # really ran in bf16
+        ratio = emulated.max_map_difference / bf16.max_map_difference
+        assert 1 / EMULATION_FACTOR <= ratio <= EMULATION_FACTOR, (emulated, bf16)
+        assert abs(emulated.max_score_difference - bf16.max_score_difference) <= BF16_STEP, (emulated, bf16)
     else:
         assert bf16.precision == "f32"  # OpenVINO runs a bf16 request in f32 on this CPU
         assert bf16.max_map_difference == f32.max_map_difference
-        bf16 = check_parity(deployed.model, emulate_bf16(ov.Core().read_model(deployed.raw_xml)), deployed.images)
-        assert bf16.max_map_difference > 10 * f32.max_map_difference, (bf16, f32)
+        bf16 = emulated
     assert bf16.max_map_difference <= BF16_MAX_DIFFERENCE, bf16
     assert bf16.max_score_difference <= BF16_MAX_DIFFERENCE, bf16
 

@@ -200,6 +200,28 @@ RULES: tuple[Rule, ...] = (
         needs=(DRAEM_CKPT,),
         makes=("results/DraemWeak/latest/images",),
     ),
+    # ---- docs/deploy.md section 8: an FP32 and an INT8 export side by side, and deploy-check on them (before the
+    # general export rule below, which would match these too)
+    Rule(
+        r"anomalib export --model DraemWeak --ckpt_path \S+ --export_type openvino --export_root exports/fp32",
+        needs=(DRAEM_CKPT,),
+        makes=("exports/fp32", "exports/fp32/weights/openvino/model.xml"),
+        image_size=256,
+    ),
+    Rule(
+        r"anomalib export --model DraemWeak --ckpt_path \S+ --export_type openvino --export_root exports/int8 "
+        r"--compression_type INT8_PTQ .*",
+        needs=(DRAEM_CKPT,),
+        makes=("exports/int8", "exports/int8/weights/openvino/model.xml"),
+    ),
+    Rule(
+        r"anogen deploy-check exports --images \S+ --masks \S+",
+        extra=("--runs", "1", "--warmup", "0", "--throughput_images", "2", "--progress", "false"),
+        needs=("exports/fp32", "exports/int8"),
+        copy_needs=True,  # the command writes its choice beside the FP32 IR
+        makes=("exports/fp32/weights/openvino/model.deploy.json",),
+        expect=("FP32 IR at f32", "INT8 IR at f32", "chosen: ", "wrote "),
+    ),
     # ---- anomalib: export of those checkpoints, verbatim: the checkpoint gives the widths (8/4 here, not the
     # configs' 128/64 or 32/16) and the image size (256: the first docs training, whatever the config says)
     Rule(

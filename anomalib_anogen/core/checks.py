@@ -42,6 +42,9 @@ MAX_EVALUATE_SIZE = 1024  # anogen evaluate --image_size: the whole bank is held
 MAX_EVALUATE_WIDTH = 256  # anogen evaluate --width: DRAEM's own is 64
 MAX_EVALUATE_BATCH_SIZE = 1024
 MAX_EVALUATE_STEPS = 1_000_000
+MAX_DEPLOY_RUNS = 10_000  # anogen deploy-check --runs and --warmup: batch-1 calls per variant
+MAX_THROUGHPUT_IMAGES = 100_000  # anogen deploy-check --throughput_images: images per variant, THROUGHPUT hint
+MAX_MIN_SPEEDUP = 100.0  # anogen deploy-check --min_speedup: a variant 100x faster than f32 is not a real bar
 
 
 @dataclass(frozen=True)

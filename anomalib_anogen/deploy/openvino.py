@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import openvino
-    from anomalib.deploy import OpenVINOInferencer
 
 Precision = Literal["f32", "bf16", "f16"]
 PRECISIONS: tuple[str, ...] = ("f32", "bf16", "f16")
@@ -45,24 +44,6 @@ def openvino_config(precision: str = "f32", **properties: Any) -> dict[str, Any]
         )
         raise ValueError(msg)
     return {"INFERENCE_PRECISION_HINT": precision, **properties}
-
-
-CACHE_FOLDER = "openvino_cache"  # OpenVINO's compiled-model cache, beside the model it caches
-
-
-def load_inferencer(path: str | Path, precision: str = "f32", device: str = "CPU") -> "OpenVINOInferencer":
-    """Anomalib's ``OpenVINOInferencer`` for ``path`` with the inference precision set explicitly.
-
-    OpenVINO's compiled-model cache goes beside the model (``<model folder>/openvino_cache``, OpenVINO's
-    ``CACHE_DIR`` in the compile config) instead of anomalib's ``./openvino_cache`` of the current directory:
-    nothing is written to the current directory, and the working directory is never changed (a program with
-    threads may rely on it).
-    """
-    from ._inferencer import Inferencer
-
-    path = Path(path).resolve()
-    config = openvino_config(precision, CACHE_DIR=str(path.parent / CACHE_FOLDER))
-    return Inferencer(path=path, device=device, config=config)
 
 
 def compiled_precision(compiled: "openvino.CompiledModel") -> str:
@@ -117,26 +98,97 @@ def cpu_info() -> CpuInfo:
     )
 
 
-def emulate_bf16(model: "openvino.Model") -> "openvino.Model":
-    """A copy of ``model`` whose every f32 value is rounded to bfloat16, computed in f32 on any CPU.
+# Node types that OpenVINO's CPU plugin runs in bf16 because it pays (its bf16 enforcement's "significant" nodes):
+# everything after the last of them on the way to an output, the graph's "tail", stays in f32.
+_BF16_SIGNIFICANT = frozenset(
+    {
+        "Convolution",
+        "GroupConvolution",
+        "ConvolutionBackpropData",
+        "GroupConvolutionBackpropData",
+        "MatMul",
+        "Interpolate",
+    },
+)
+# Element-wise nodes that the CPU plugin fuses into the convolution before them (bias, batch norm, activation):
+# the fused node writes its result once, in bf16, after the last of them.
+_POST_OPS = frozenset(
+    {"Add", "Subtract", "Multiply", "Relu", "Sigmoid", "Tanh", "Clamp", "Elu", "Swish", "HSwish", "Gelu", "PRelu"},
+)
 
-    Rounds the input, every weight and every intermediate result, as a CPU that runs the whole graph in
-    bf16 would (real bf16 kernels accumulate in f32 and keep a few layers in f32, so this is the
-    pessimistic side of the real thing). Use it to estimate what bf16 would cost on a CPU that has no bf16.
+
+def _key(node: Any) -> tuple[str, str]:
+    return node.get_friendly_name(), node.get_type_name()
+
+
+def bf16_tail(model: "openvino.Model") -> set[tuple[str, str]]:
+    """(name, type) of the nodes that OpenVINO's CPU plugin keeps in f32 at bf16: the graph's tail.
+
+    The tail is every node from which an output is reached without passing a significant node (Convolution,
+    MatMul, Interpolate...), as the plugin's ``Graph::EnforceInferencePrecision`` finds it; the significant
+    nodes themselves and their fused element-wise post-ops still write bf16.
+    """
+    tail: set[tuple[str, str]] = set()
+    stack = [result.input_value(0).get_node() for result in model.get_results()]
+    while stack:
+        node = stack.pop()
+        if node.get_type_name() in _BF16_SIGNIFICANT or _key(node) in tail:
+            continue
+        tail.add(_key(node))
+        stack.extend(value.get_node() for value in node.input_values())
+    return tail
+
+
+def _fused_ends(model: "openvino.Model") -> set[tuple[str, str]]:
+    """The last node of each significant node's chain of fusable post-ops (where the fused node writes bf16)."""
+    ends = set()
+    for node in model.get_ordered_ops():
+        if node.get_type_name() not in _BF16_SIGNIFICANT:
+            continue
+        end = node
+        while True:
+            consumers = list(end.output(0).get_target_inputs())
+            if len(consumers) != 1:
+                break
+            consumer = consumers[0].get_node()
+            others = [value for value in consumer.input_values() if _key(value.get_node()) != _key(end)]
+            constant_operands = all(value.get_node().get_type_name() == "Constant" for value in others)
+            if consumer.get_type_name() not in _POST_OPS or not constant_operands:
+                break
+            end = consumer
+        ends.add(_key(end))
+    return ends
+
+
+def emulate_bf16(model: "openvino.Model", cpu_rules: bool = True) -> "openvino.Model":
+    """A copy of ``model`` whose f32 values are rounded to bfloat16 where a bf16 CPU rounds them, computed in f32.
+
+    Rounds the input, every weight and every intermediate result that OpenVINO's CPU plugin keeps in bf16:
+    with ``cpu_rules`` (default), not the graph's tail (:func:`bf16_tail`, which the plugin computes in f32)
+    except where a convolution with its fused post-ops writes its result; without, every value (the pessimistic
+    bound: it also rounds the output probabilities, ~2e-3 at 0.5). The real kernels round once per fused node,
+    this once per node, so it stays a little on the pessimistic side. Use it to estimate what bf16 would cost on
+    a CPU that has no bf16; docs/deploy.md gives its measured ratio to real bf16.
     """
     import numpy as np
     import openvino as ov
     from openvino import opset13
 
     emulated = model.clone()
+    keep = bf16_tail(emulated) - _fused_ends(emulated) if cpu_rules else set()
     splitter = opset13.constant(np.float32(_BF16_SPLITTER))
     for node in emulated.get_ordered_ops():
         if node.get_type_name() == "Result":
             continue
+        kept = _key(node) in keep
         for output in node.outputs():
             if output.get_element_type() != ov.Type.f32:
                 continue
             consumers = list(output.get_target_inputs())
+            if kept:  # an f32 value of the tail is still rounded where a bf16 node (a pooling conv...) reads it
+                consumers = [c for c in consumers if c.get_node().get_type_name() in _BF16_SIGNIFICANT]
+                if not consumers:
+                    continue
             scaled = opset13.multiply(output, splitter)
             rounded = opset13.subtract(scaled, opset13.subtract(scaled, output))
             for consumer in consumers:
