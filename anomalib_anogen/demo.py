@@ -331,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
             export_type=ExportType.OPENVINO,
             export_root=output / "export",
             input_size=size,
-            onnx_kwargs={"opset_version": 18},  # torch's ONNX exporter starts at 18; 14 only adds a failed down-convert
         ),
     )
     print(f"  {xml_path}")

@@ -272,7 +272,6 @@ def export_all(name: str, ckpt: Path, args: Any, folder: Path) -> dict[str, Path
             input_size=(args.image_size, args.image_size),
             compression_type=compression,
             datamodule=calibration if kind == "int8" else None,
-            onnx_kwargs={"opset_version": 18},
         )
         print(f"[{name}] exported {kind} in {time.perf_counter() - started:.0f} s", flush=True)
     shutil.rmtree(folder / "engine", ignore_errors=True)

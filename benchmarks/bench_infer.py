@@ -208,7 +208,6 @@ def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str
                     input_size=(size, size),
                     compression_type=compression,
                     datamodule=calibration if compression == CompressionType.INT8_PTQ else None,
-                    onnx_kwargs={"opset_version": 18},
                 ),
             )
             seconds[variant] = time.perf_counter() - started

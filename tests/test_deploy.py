@@ -123,7 +123,6 @@ def deployed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             export_type=ExportType.OPENVINO,
             export_root=root,
             input_size=SIZE,
-            onnx_kwargs={"opset_version": 18},
         ),
     )
     raw_xml = export_raw(model, root / "raw", SIZE)
@@ -238,7 +237,7 @@ def test_exporting_a_model_with_degenerate_statistics_warns(tmp_path: Path) -> N
     model.post_processor.image_min.fill_(0.5)
     model.post_processor.image_max.fill_(0.5)
     with pytest.warns(UserWarning, match=r"DraemWeak: degenerate normalisation statistics: image scores"):
-        model.to_onnx(tmp_path, input_size=SIZE, opset_version=18)
+        model.to_onnx(tmp_path, input_size=SIZE)
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp32", "BF16", ""])
@@ -282,7 +281,6 @@ def export_int8(model: object, datamodule: object, root: Path) -> Path:
             input_size=SIZE,
             compression_type=CompressionType.INT8_PTQ,
             datamodule=datamodule,
-            onnx_kwargs={"opset_version": 18},
         )
     )
 

@@ -77,7 +77,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
                 input_size=SIZE,
                 compression_type=compression,
                 datamodule=calibration if compression else None,
-                onnx_kwargs={"opset_version": 18},
             )
     TRAINED["model"] = model.eval()
     return root / "model"

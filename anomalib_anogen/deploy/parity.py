@@ -42,7 +42,6 @@ def export_raw(model: "AnomalibModule", export_root: str | Path, input_size: tup
             export_root=export_root,
             model_file_name="model_raw",
             input_size=input_size,
-            onnx_kwargs={"opset_version": 18},
         )
 
 
