@@ -313,30 +313,24 @@ def raw_network(network: openvino.Model) -> openvino.Model:
 
 
 def narrow_layers(network: openvino.Model, max_channels: int = NARROW_CHANNELS) -> list[str]:
-    """Friendly names of the narrow layers: convolutions and upsamplings with at most ``max_channels`` channels.
+    """Friendly names of the narrow layers: convolutions with at most ``max_channels`` input or output channels.
 
-    A convolution counts when its input or its output has at most ``max_channels`` channels, an upsampling
-    (Interpolate) when its input has; graph order. In these models they are the layers that touch image-like
-    tensors: the first convolution of each network (it reads the image), DRAEM's reconstruction (3 channels out)
-    and its discriminative network's first convolution (image and reconstruction, 6 channels in), the logits
-    (1-2 channels out), DraemWeak's pooled score and DeSTSeg's upsampling of its 1-channel map to the image size.
-    On a real bf16 CPU they carry the largest single shares of bf16's difference (docs/deploy.md section 9:
-    DRAEM compares the image with its reconstruction, and rounding either to 8 significant bits shows up in
-    that comparison); their compute is small, so keeping them in f32 costs little.
+    In these models they are the layers that touch image-like tensors: the first convolution of each network (it
+    reads the image), DRAEM's reconstruction (3 channels out) and its discriminative network's first convolution
+    (image and reconstruction, 6 channels in), the logits (1-2 channels out) and DraemWeak's pooled score. On a
+    real bf16 CPU they carry the largest single shares of bf16's difference (docs/deploy.md section 9: DRAEM
+    compares the image with its reconstruction, and rounding either to 8 significant bits shows up in that
+    comparison); their compute is small, so keeping them in f32 costs little. Upsamplings are left out: the CPU
+    plugin runs an Interpolate between bf16 layers in bf16 whatever its hint (measured on a DraemWeak of widths
+    8/4), so a hint on it would promise what does not happen.
     """
     names = []
     for node in network.get_ordered_ops():
-        kind = node.get_type_name()
-        if kind in ("Convolution", "GroupConvolution", "ConvolutionBackpropData"):
+        if node.get_type_name() in ("Convolution", "GroupConvolution", "ConvolutionBackpropData"):
             weights = node.input_value(1).get_partial_shape()
             if weights.rank.is_dynamic or weights[0].is_dynamic or weights[1].is_dynamic:
                 continue
             if min(weights[0].get_length(), weights[1].get_length()) <= max_channels:  # (out, in) channels
-                names.append(node.get_friendly_name())
-        elif kind == "Interpolate":
-            shape = node.input_value(0).get_partial_shape()
-            static = shape.rank.is_static and shape.rank.get_length() == 4 and shape[1].is_static
-            if static and shape[1].get_length() <= max_channels:
                 names.append(node.get_friendly_name())
     return names
 
