@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -258,3 +259,27 @@ def report(results: dict, json_path: Path | None, title: str = "measure", extra:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         data = {"machine": machine(), "results": results, **(extra or {})}
         json_path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def trace_once(model: Any, scratch: Path) -> None:
+    """Make ``model.to_onnx`` trace once: a later call with the same arguments gets a copy of the first ONNX file.
+
+    The torch -> ONNX trace is the slow, deterministic first step of every OpenVINO export; what anomalib does
+    after it (``ov.convert_model``, FP16 compression, NNCF quantisation) is unchanged.
+    """
+    original = model.to_onnx
+    traced: dict[str, Path] = {}
+
+    def to_onnx(export_root: Path | str, model_file_name: str = "model", input_size: Any = None, **kwargs: Any) -> Path:
+        key = repr((model_file_name, input_size, sorted(kwargs.items())))
+        if key not in traced:
+            path = Path(original(export_root, model_file_name, input_size, **kwargs))
+            kept = scratch / f"onnx_{len(traced)}"
+            shutil.copytree(path.parent, kept)  # to_openvino traces into a temporary folder
+            traced[key] = kept / path.name
+            return path
+        target = Path(export_root) / "weights" / "onnx"
+        shutil.copytree(traced[key].parent, target, dirs_exist_ok=True)
+        return target / traced[key].name
+
+    model.to_onnx = to_onnx

@@ -44,7 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from _common import CATEGORY, DTD, MVTEC, NORMAL, REPO, make_paste_bank, parser, report
+from _common import CATEGORY, DTD, MVTEC, NORMAL, REPO, make_paste_bank, parser, report, trace_once
 
 MODELS = ("draem_small", "destseg")
 TARGETS = {  # variant kind -> (latency ratio to f32 at most, share of decisions unchanged at least, AP points lost)
@@ -211,30 +211,6 @@ def load(name: str, path: Path) -> Any:
     return DestsegWeak.load_from_checkpoint(
         path, map_location="cpu", dtd_dir=DTD, generator="perlin", bank_dir=None, pretrained_weights=None
     )
-
-
-def trace_once(model: Any, scratch: Path) -> None:
-    """Make ``model.to_onnx`` trace once: a later call with the same arguments gets a copy of the first ONNX file.
-
-    The torch -> ONNX trace is the slow, deterministic first step of every OpenVINO export; what anomalib does
-    after it (``ov.convert_model``, FP16 compression, NNCF quantisation) is unchanged.
-    """
-    original = model.to_onnx
-    traced: dict[str, Path] = {}
-
-    def to_onnx(export_root: Path | str, model_file_name: str = "model", input_size: Any = None, **kwargs: Any) -> Path:
-        key = repr((model_file_name, input_size, sorted(kwargs.items())))
-        if key not in traced:
-            path = Path(original(export_root, model_file_name, input_size, **kwargs))
-            kept = scratch / f"onnx_{len(traced)}"
-            shutil.copytree(path.parent, kept)  # to_openvino traces into a temporary folder
-            traced[key] = kept / path.name
-            return path
-        target = Path(export_root) / "weights" / "onnx"
-        shutil.copytree(traced[key].parent, target, dirs_exist_ok=True)
-        return target / traced[key].name
-
-    model.to_onnx = to_onnx
 
 
 def export_all(name: str, ckpt: Path, args: Any, folder: Path) -> dict[str, Path]:

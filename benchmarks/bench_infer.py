@@ -47,7 +47,6 @@ Targets printed next to the results: OpenVINO FP32 latency <= 0.6x torch eager, 
 
 import logging
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from _common import DTD, MVTEC, NORMAL, SMOKE_WIDTHS, add_widths, parse, parser, quiet, report
+from _common import DTD, MVTEC, NORMAL, SMOKE_WIDTHS, add_widths, parse, parser, quiet, report, trace_once
 
 VARIANTS = ("fp32", "bf16", "fp16", "int8")
 # Which exported IR each variant runs, and at which OpenVINO inference precision.
@@ -178,24 +177,10 @@ def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str
     calibrated = len(calibration.val_data)
     assert set(calibration.val_data.samples.label_index) == {0}, "calibration images must all be normal"
 
-    traced: dict[str, Path] = {}
-    original = model.to_onnx
-
-    def to_onnx(export_root: Path | str, model_file_name: str = "model", input_size=None, **kwargs) -> Path:
-        key = repr((model_file_name, input_size, sorted(kwargs.items())))
-        if key not in traced:
-            path = original(export_root, model_file_name, input_size, **kwargs)
-            kept = scratch / f"onnx_{len(traced)}"
-            shutil.copytree(path.parent, kept)  # to_openvino traces into a temporary folder
-            traced[key] = kept / path.name
-            return path
-        target = Path(export_root) / "weights" / "onnx"
-        shutil.copytree(traced[key].parent, target, dirs_exist_ok=True)
-        return target / traced[key].name
 
     engine = Engine(default_root_dir=scratch, accelerator="cpu", logger=False, enable_progress_bar=False)
     paths, seconds = {}, {}
-    model.to_onnx = to_onnx
+    trace_once(model, scratch)
     try:
         exports = (("fp32", None), ("fp16", CompressionType.FP16), ("int8", CompressionType.INT8_PTQ))
         for variant, compression in exports:
@@ -251,29 +236,6 @@ def latency(torch_model, requests: dict, image: np.ndarray, warmup: int, runs: i
             call()
             times[name].append(time.perf_counter() - started)
     return times
-
-
-def async_throughput(compiled: dict, image: np.ndarray, count: int, rounds: int = 2) -> dict[str, float]:
-    """Images/s with OpenVINO's THROUGHPUT hint and an AsyncInferQueue; median of interleaved rounds."""
-    import openvino as ov
-
-    queues = {}
-    for variant, model in compiled.items():
-        queue = ov.AsyncInferQueue(model, model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        for _ in range(len(queue)):  # warm-up: one call per request
-            queue.start_async({0: image})
-        queue.wait_all()
-        queues[variant] = queue
-    rates: dict[str, list[float]] = {variant: [] for variant in compiled}
-    per_round = max(1, count // rounds)
-    for _ in range(rounds):
-        for variant, queue in queues.items():
-            started = time.perf_counter()
-            for _ in range(per_round):
-                queue.start_async({0: image})
-            queue.wait_all()
-            rates[variant].append(per_round / (time.perf_counter() - started))
-    return {variant: statistics.median(values) for variant, values in rates.items()}
 
 
 def test_items(size: int, stride: int) -> list:
@@ -355,6 +317,7 @@ def bench(name: str, args, size: int, scratch: Path, items: list) -> dict[str, f
     import openvino as ov
 
     from anomalib_anogen.deploy import compiled_precision, cpu_info
+    from anomalib_anogen.deploy.check import throughput
 
     started = time.perf_counter()
     model, weights = build(name, args, size)
@@ -400,7 +363,7 @@ def bench(name: str, args, size: int, scratch: Path, items: list) -> dict[str, f
         async_compiled = {
             v: compile_ov(core, paths[IR_OF[v]], size, args.threads, "THROUGHPUT", PRECISION_OF[v]) for v in variants
         }
-        for variant, rate in async_throughput(async_compiled, image, args.async_images).items():
+        for variant, rate in throughput(async_compiled, image, args.async_images, rounds=2).items():
             results[f"{name}_ov_{variant}_async_images_per_s"] = rate
         del async_compiled
     print(f"[{name}] latency done", flush=True)

@@ -659,7 +659,7 @@ def _latency(
     return {variant: 1000 * statistics.median(values) for variant, values in times.items()}
 
 
-def _throughput(
+def throughput(
     compiled: dict[Variant, openvino.CompiledModel], image: np.ndarray, count: int, rounds: int = 4
 ) -> dict[Variant, float]:
     """Images/s of each variant with the THROUGHPUT hint: the median of ``rounds`` rounds of asynchronous requests.
@@ -849,7 +849,7 @@ def deploy_check(options: DeployCheckOptions) -> DeployReport:
         compiled = {
             v: _compile(core, networks[v.export], v, [1, 3, *size], "THROUGHPUT", options.threads) for v in variants
         }
-        rates = _throughput(compiled, first_image, options.throughput_images)
+        rates = throughput(compiled, first_image, options.throughput_images)
         del compiled
 
     base = found[variants[0]]
