@@ -177,7 +177,6 @@ def export(model, size: int, scratch: Path, calib_images: int) -> tuple[dict[str
     calibrated = len(calibration.val_data)
     assert set(calibration.val_data.samples.label_index) == {0}, "calibration images must all be normal"
 
-
     engine = Engine(default_root_dir=scratch, accelerator="cpu", logger=False, enable_progress_bar=False)
     paths, seconds = {}, {}
     trace_once(model, scratch)
