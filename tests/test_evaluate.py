@@ -249,3 +249,20 @@ def test_epochs_count_passes_over_the_bank_records() -> None:
     assert options.total_steps(480) == 100  # 2.5 x 480 records / 12 per batch
     assert options.total_steps(7) == 2  # rounded up
     assert EvaluateOptions("bank", test="test", steps=7).total_steps(480) == 7
+
+
+def test_the_bottle_config_holds_the_defaults_it_documents() -> None:
+    """configs/anogen/evaluate_bottle.yaml: its schedule is evaluate's default, so the docs' numbers apply to it."""
+    import dataclasses
+
+    import yaml
+
+    from .helpers.data import REPO
+
+    config = yaml.safe_load((REPO / "configs" / "anogen" / "evaluate_bottle.yaml").read_text())
+    options = {field.name for field in dataclasses.fields(EvaluateOptions)}
+    assert set(config) <= options, set(config) - options
+    defaults = {field.name: field.default for field in dataclasses.fields(EvaluateOptions)}
+    chosen = {"bank", "test", "seeds", "output", "abnormal_dir", "mask_dir", "normal_test_dir"}
+    assert {k: v for k, v in config.items() if k not in chosen} == {k: defaults[k] for k in config if k not in chosen}
+    assert config["seeds"] == [0, 1, 2]
