@@ -33,7 +33,7 @@ from anomalib_anogen.deploy import (
 from anomalib_anogen.models import Destseg, DestsegWeak, DraemWeak
 from anomalib_anogen.models.components import degenerate_normalisation
 
-from .helpers.data import BOTTLE, REPO, needs_shared_bottle
+from .helpers.data import BOTTLE, REPO, int8_calibration_data, needs_shared_bottle
 
 SIZE = (64, 64)
 # f32: OpenVINO and torch differ by float rounding only.
@@ -252,22 +252,6 @@ def test_parity_report_reads_as_one_line() -> None:
     assert str(parity).startswith("OpenVINO f32 (asked: f32) vs torch on 4 images: max |map diff| 1.00e-07")
 
 
-def int8_calibration_data(toy_root: Path) -> object:
-    """The toy category with INT8_PTQ's calibration (val) split taken from the normal training images, batch 1."""
-    from anomalib.data import MVTecAD
-    from torchvision.transforms.v2 import Resize
-
-    return MVTecAD(
-        root=toy_root,
-        category="toy_bottle",
-        eval_batch_size=1,
-        num_workers=0,
-        val_split_mode="from_train",
-        val_split_ratio=0.5,
-        augmentations=Resize(SIZE),  # calibration images must have the export's fixed input size
-    )
-
-
 def export_int8(model: object, datamodule: object, root: Path) -> Path:
     """``Engine.export`` to OpenVINO INT8 (post-training quantisation calibrated on ``datamodule``'s val split)."""
     from anomalib.deploy import CompressionType, ExportType
@@ -289,7 +273,7 @@ def test_int8_export_compiles_and_runs_on_this_cpu(deployed: Deployed, tmp_path:
     """An INT8 export must compile on any CPU (DraemWeak's pooled image score as an AvgPool once failed on AVX-512)."""
     import openvino as ov
 
-    xml = export_int8(deployed.model, int8_calibration_data(toy_root), tmp_path)
+    xml = export_int8(deployed.model, int8_calibration_data(toy_root, SIZE), tmp_path)
     core = ov.Core()
     network = core.read_model(xml)
     network.reshape({network.input(0): [1, 3, *SIZE]})  # a line PC's fixed input: static shapes fuse more
@@ -319,7 +303,7 @@ def test_int8_calibrates_on_normal_training_images_only(tmp_path: Path, toy_root
     default.setup("fit")
     assert {int(label) for label in default.val_data.samples.label_index} == {0, 1}  # the leak: test anomalies
 
-    datamodule = int8_calibration_data(toy_root)
+    datamodule = int8_calibration_data(toy_root, SIZE)
     used = calibration_images(datamodule)
     xml = export_int8(build("DraemWeak"), datamodule, tmp_path)
     assert xml.is_file()

@@ -31,6 +31,7 @@ from anomalib_anogen.deploy.choice import choice_path, read_choice
 from anomalib_anogen.models import DraemWeak
 
 from .helpers.cli import error_line, run_cli
+from .helpers.data import int8_calibration_data
 
 SIZE = (64, 64)
 FAST = ("--runs", "2", "--warmup", "0", "--throughput_images", "2", "--progress", "false")
@@ -45,7 +46,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
     from anomalib.data import MVTecAD
     from anomalib.deploy import CompressionType, ExportType
     from anomalib.engine import Engine
-    from torchvision.transforms.v2 import Resize
 
     seed_everything(0)
     root = tmp_path_factory.mktemp("deploy_check")
@@ -60,15 +60,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a two-step model's degenerate normalisation (test_deploy checks it)
         engine.fit(model=model, datamodule=data)
-        calibration = MVTecAD(
-            root=toy_root,
-            category="toy_bottle",
-            eval_batch_size=1,
-            num_workers=0,
-            val_split_mode="from_train",
-            val_split_ratio=0.5,
-            augmentations=Resize(SIZE),
-        )
+        calibration = int8_calibration_data(toy_root, SIZE)
         for kind, compression in (("fp32", None), ("int8", CompressionType.INT8_PTQ)):
             engine.export(
                 model=model,

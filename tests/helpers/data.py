@@ -103,3 +103,19 @@ def toy_bottle(folder: Path, size: int = 64, images: int = 4) -> tuple[Path, Pat
             shutil.copy(image, support / name / image.name)
             shutil.copy(root / "ground_truth" / toy / f"{image.stem}_mask.png", support / name)
     return root / "train" / "good", support
+
+
+def int8_calibration_data(toy_root: Path, size: tuple[int, int]) -> object:
+    """The toy category with INT8_PTQ's calibration (val) split taken from the normal training images, batch 1."""
+    from anomalib.data import MVTecAD
+    from torchvision.transforms.v2 import Resize
+
+    return MVTecAD(
+        root=toy_root,
+        category="toy_bottle",
+        eval_batch_size=1,
+        num_workers=0,
+        val_split_mode="from_train",
+        val_split_ratio=0.5,
+        augmentations=Resize(size),  # calibration images must have the export's fixed input size
+    )
